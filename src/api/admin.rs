@@ -1,0 +1,48 @@
+//! The admin listener: liveness and readiness probes.
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use serde_json::{Value, json};
+
+use crate::{health::Health, publish::PublishService};
+
+/// What the admin handlers read.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// Draining flag.
+    pub health: Health,
+    /// The publish path, for the broker link's state.
+    pub publish: PublishService,
+}
+
+/// `/healthz` and `/readyz`.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(super::not_found)
+        .method_not_allowed_fallback(super::method_not_allowed)
+        .with_state(state)
+}
+
+/// Alive as long as the process answers.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the broker link is up and the sidecar is not draining.
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
+    let draining = state.health.is_draining();
+    let broker = state.publish.is_connected();
+    let ready = broker && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "broker": if broker { "connected" } else { "disconnected" },
+        "draining": draining,
+    });
+    (status, Json(body))
+}

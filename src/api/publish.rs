@@ -1,0 +1,275 @@
+//! `POST /v1/publish/{event_type}`: checks the request, then hands it to the publish path.
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State, rejection::PathRejection},
+    http::{HeaderMap, StatusCode, header},
+};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::value::RawValue;
+use tracing::{debug, error, warn};
+
+use super::{ApiState, problem::Problem};
+use crate::{
+    broker::PublishError,
+    envelope::{SchemaVersion, TraceContext, is_valid_event_type},
+    publish::{Accepted, PublishRequest, Rejected},
+};
+
+/// Publishes one event; answers 202 once the broker confirmed it.
+pub(super) async fn publish(
+    State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    if state.health.is_draining() {
+        return Err(Problem::unavailable(
+            "the sidecar is shutting down; nothing was published",
+            1,
+        ));
+    }
+    let Path(event_type) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if !is_valid_event_type(&event_type) {
+        return Err(Problem::bad_request(format!(
+            "event type {event_type:?} must match ^[A-Za-z][A-Za-z0-9_.-]{{0,127}}$"
+        )));
+    }
+    require_json(&headers)?;
+    let fields = HeaderFields::parse(&headers)?;
+    let bytes = read_body(body, &headers, state.max_body).await?;
+    let payload: Box<RawValue> = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
+
+    let request = PublishRequest {
+        event_type,
+        payload,
+        schema_version: fields.schema_version,
+        correlation_id: fields.correlation_id,
+        causation_id: fields.causation_id,
+        idempotency_key: fields.idempotency_key,
+        trace: fields.trace,
+    };
+    match state.publish.publish(request).await {
+        Ok(accepted) => {
+            debug!(
+                event_id = %accepted.event_id,
+                event_type = %accepted.event_type,
+                correlation_id = %accepted.correlation_id,
+                causation_id = accepted.causation_id.as_deref(),
+                "event published"
+            );
+            Ok((StatusCode::ACCEPTED, Json(accepted)))
+        }
+        Err(rejected) => Err(problem_for(rejected)),
+    }
+}
+
+/// The optional headers of a publish, checked.
+struct HeaderFields {
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    schema_version: Option<SchemaVersion>,
+    idempotency_key: Option<String>,
+    trace: TraceContext,
+}
+
+impl HeaderFields {
+    fn parse(headers: &HeaderMap) -> Result<Self, Problem> {
+        let schema_version = match header_text(headers, "x-schema-version", 32)? {
+            Some(text) => Some(text.parse().map_err(|e| {
+                Problem::bad_request(format!("header X-Schema-Version {text:?}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(HeaderFields {
+            correlation_id: header_text(headers, "x-correlation-id", 128)?,
+            causation_id: header_text(headers, "x-causation-id", 128)?,
+            schema_version,
+            idempotency_key: header_text(headers, "idempotency-key", 255)?,
+            trace: trace_context(headers),
+        })
+    }
+}
+
+/// A header that must be printable ASCII of at most `max` characters, when present.
+fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let printable = bytes.iter().all(|b| (0x20..0x7f).contains(b));
+    if bytes.is_empty() || bytes.len() > max || !printable {
+        return Err(Problem::bad_request(format!(
+            "header {name} must be 1 to {max} printable ASCII characters"
+        )));
+    }
+    // Printable ASCII is valid UTF-8.
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// The W3C trace context to continue. An invalid `traceparent` is ignored, as the W3C
+/// recommendation asks: the event then starts a new trace instead of failing.
+fn trace_context(headers: &HeaderMap) -> TraceContext {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(traceparent) = text("traceparent").filter(|t| is_valid_traceparent(t)) else {
+        return TraceContext::default();
+    };
+    TraceContext {
+        traceparent: Some(traceparent.to_owned()),
+        tracestate: text("tracestate")
+            .filter(|t| !t.is_empty() && t.len() <= 512)
+            .map(str::to_owned),
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
+fn is_valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if hex(version, 2) && *version != "ff"
+            && hex(trace, 32) && trace.bytes().any(|b| b != b'0')
+            && hex(parent, 16) && parent.bytes().any(|b| b != b'0')
+            && hex(flags, 2))
+}
+
+/// 415 unless the body is declared as JSON (`application/json` or `application/*+json`).
+fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    let got = if content_type.is_empty() {
+        "no Content-Type".to_owned()
+    } else {
+        format!("Content-Type {content_type:?}")
+    };
+    Err(Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "Unsupported media type",
+        format!("the body must be JSON with Content-Type: application/json; got {got}"),
+    ))
+}
+
+/// Reads the whole body, refusing more than `max` bytes without reading them all.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8>, Problem> {
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            format!("the body is larger than the limit of {max} bytes (CAUSEWAY_MAX_BODY)"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(Problem::bad_request(format!(
+            "the body could not be read: {error}"
+        ))),
+    }
+}
+
+/// The answer for a publish that did not go through.
+fn problem_for(rejected: Rejected) -> Problem {
+    match rejected {
+        Rejected::Broker(error) if error.outcome_unknown() => {
+            warn!(%error, "publish outcome unknown");
+            Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "confirm-timeout",
+                "Broker did not confirm",
+                "the broker did not confirm the event in time; it may or may not be published: \
+                 retry with the same Idempotency-Key",
+            )
+        }
+        Rejected::Broker(error) => {
+            let retry_after = match error {
+                PublishError::Disconnected => 5,
+                _ => 1,
+            };
+            warn!(%error, "publish failed");
+            Problem::unavailable(
+                format!("the broker is unavailable ({error}); nothing was published"),
+                retry_after,
+            )
+        }
+        Rejected::KeyReused { first } => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+            format!(
+                "this Idempotency-Key was first used for event type {first}; use a new key \
+                 for a different event"
+            ),
+        ),
+        Rejected::Store(error) => {
+            error!(%error, "idempotency store failed");
+            Problem::internal()
+        }
+        Rejected::Envelope(error) => {
+            error!(%error, "envelope could not be built");
+            Problem::internal()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_must_follow_the_w3c_format() {
+        assert!(is_valid_traceparent(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        ));
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            require_json(&headers).is_ok()
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/cloudevents+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/xml"));
+        assert!(require_json(&HeaderMap::new()).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The link to RabbitMQ: one connection kept up with reconnects, the topology the sidecar
+//! relies on, and confirmed publishing.
+//!
+//! lapin's own recovery is not used: a confirm in flight when its socket dies can stay
+//! pending through a whole outage there. Instead [`Connector`] owns the connection, drops it
+//! at the first sign of trouble, reconnects with backoff and redeclares the topology, and
+//! publishes its state on a watch channel that the [`Publisher`] and `/readyz` read.
+
+mod backoff;
+mod connection;
+mod publisher;
+mod topology;
+
+pub use backoff::Backoff;
+pub use connection::{Connector, Link};
+pub use publisher::{PublishError, Publisher};
+pub use topology::PublishTopology;

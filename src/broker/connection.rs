@@ -1,0 +1,209 @@
+//! Keeps one publishing connection to the broker up, and tells everyone whether it is.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection, ConnectionProperties, Event, options::ConfirmSelectOptions,
+    types::LongString,
+};
+use tokio::{sync::watch, time::timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{Backoff, PublishTopology};
+use crate::config::BrokerConfig;
+
+/// The state of the publishing link, as the publisher and `/readyz` see it.
+#[derive(Clone, Debug, Default)]
+pub enum Link {
+    /// Not connected (yet, or any more): publishes fail fast.
+    #[default]
+    Down,
+    /// Connected, topology declared, confirms on.
+    Up(Channel),
+    /// Connected, but the broker blocks publishers (a memory or disk alarm).
+    Blocked(Channel),
+}
+
+impl Link {
+    /// Whether publishes can go through now.
+    pub fn is_up(&self) -> bool {
+        matches!(self, Link::Up(_))
+    }
+}
+
+/// How often the channel's health and the unrouted queue are checked while connected.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+const UNROUTED_EVERY: Duration = Duration::from_secs(10);
+/// How long closing the connection may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Owns the publishing connection: connects, declares the topology, watches for trouble,
+/// and reconnects with backoff until shut down.
+#[derive(Debug)]
+pub struct Connector {
+    config: BrokerConfig,
+    topology: PublishTopology,
+    name: String,
+    link: watch::Sender<Link>,
+    unrouted_depth: Arc<AtomicU64>,
+}
+
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+impl Connector {
+    /// A connector for `service`; the receiver follows the link's state.
+    pub fn new(config: BrokerConfig, service: &str) -> (Self, watch::Receiver<Link>) {
+        let (link, state) = watch::channel(Link::Down);
+        let topology = PublishTopology {
+            exchange: config.exchange.clone(),
+            unrouted: config.unrouted.clone(),
+        };
+        let connector = Connector {
+            config,
+            topology,
+            name: format!("causeway {service} publisher"),
+            link,
+            unrouted_depth: Arc::default(),
+        };
+        (connector, state)
+    }
+
+    /// The number of events last seen waiting in the unrouted queue.
+    pub fn unrouted_depth(&self) -> Arc<AtomicU64> {
+        self.unrouted_depth.clone()
+    }
+
+    /// Runs until `shutdown`, then closes the connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                attempt = timeout(self.config.connect_timeout, self.establish()) => attempt,
+            };
+            match attempt {
+                Ok(Ok((connection, channel))) => {
+                    backoff.reset();
+                    info!(exchange = %self.topology.exchange, "connected to the broker");
+                    self.link.send_replace(Link::Up(channel.clone()));
+                    let ended = self.watch(&connection, &channel, &shutdown).await;
+                    self.link.send_replace(Link::Down);
+                    let _ = timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
+                    match ended {
+                        Ended::Shutdown => {
+                            info!("broker connection closed");
+                            return;
+                        }
+                        Ended::Lost(error) => warn!(%error, "broker connection lost"),
+                    }
+                }
+                Ok(Err(error)) => warn!(%error, "cannot connect to the broker"),
+                Err(_) => warn!(
+                    timeout_ms = self.config.connect_timeout.as_millis() as u64,
+                    "connecting to the broker timed out"
+                ),
+            }
+            let delay = backoff.next_delay();
+            debug!(delay_ms = delay.as_millis() as u64, "reconnecting to the broker");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Connects, opens a channel in confirm mode and declares the topology.
+    async fn establish(&self) -> lapin::Result<(Connection, Channel)> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(self.name.as_str()));
+        let connection = Connection::connect(&self.config.url, properties).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        self.topology.declare(&channel).await?;
+        Ok((connection, channel))
+    }
+
+    /// Follows the connection until it fails or `shutdown`.
+    async fn watch(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let mut events = connection.events_listener();
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        let mut unrouted = tokio::time::interval(UNROUTED_EVERY);
+        let mut inspector: Option<Channel> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Shutdown,
+                event = events.next() => match event {
+                    Some(Event::Error(error)) => return Ended::Lost(error.to_string()),
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        warn!(%reason, "the broker blocks publishing");
+                        self.link.send_replace(Link::Blocked(channel.clone()));
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        info!("the broker unblocked publishing");
+                        self.link.send_replace(Link::Up(channel.clone()));
+                    }
+                    Some(_) => {}
+                    None => return Ended::Lost("connection events ended".into()),
+                },
+                _ = check.tick() => {
+                    if !connection.status().connected() {
+                        return Ended::Lost("connection is no longer open".into());
+                    }
+                    // A channel-level error (an exchange deleted under us, say) closes the
+                    // channel for good: start over with a fresh connection and topology.
+                    if !channel.status().connected() {
+                        return Ended::Lost("publishing channel closed by the broker".into());
+                    }
+                }
+                _ = unrouted.tick() => self.check_unrouted(connection, &mut inspector).await,
+            }
+        }
+    }
+
+    /// Logs when events pile up in the unrouted queue: they wait there until a subscription
+    /// binds their routing key and someone moves them.
+    async fn check_unrouted(&self, connection: &Connection, inspector: &mut Option<Channel>) {
+        if !inspector.as_ref().is_some_and(|c| c.status().connected()) {
+            // A separate channel: a failed passive declare closes the channel it ran on.
+            *inspector = timeout(CHECK_EVERY, connection.create_channel())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(channel) = inspector.as_ref() else {
+            return;
+        };
+        let depth = match timeout(CHECK_EVERY, self.topology.unrouted_depth(channel)).await {
+            Ok(Ok(depth)) => u64::from(depth),
+            Ok(Err(error)) => return debug!(%error, "cannot read the unrouted queue depth"),
+            Err(_) => return,
+        };
+        let before = self.unrouted_depth.swap(depth, Ordering::Relaxed);
+        if depth > before {
+            warn!(
+                queue = %self.topology.unrouted,
+                waiting = depth,
+                new = depth - before,
+                "events were published that no subscription is bound for; they are kept in the unrouted queue"
+            );
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Confirmed publishing: many publishes in flight on one channel, each awaited with a bound.
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::{
+    BasicProperties, Confirmation, options::BasicPublishOptions, types::ShortString,
+};
+use tokio::{
+    sync::{Semaphore, watch},
+    time::{Instant, timeout_at},
+};
+
+use super::Link;
+
+/// Publishes to the events exchange with publisher confirms.
+///
+/// Confirms are pipelined: each publish awaits only its own confirm, and up to
+/// `max_in_flight` publishes wait at once. Every await on the broker shares one deadline,
+/// `confirm_timeout` after the publish began, so no caller waits longer than that.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    link: watch::Receiver<Link>,
+    exchange: ShortString,
+    in_flight: Arc<Semaphore>,
+    confirm_timeout: Duration,
+}
+
+/// Why a publish did not end in a confirm.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Not connected to the broker; nothing was published.
+    #[error("not connected to the broker")]
+    Disconnected,
+    /// The broker blocks publishers (resource alarm); nothing was published.
+    #[error("the broker is blocking publishers")]
+    Blocked,
+    /// Too many publishes waited for confirms for the whole deadline; nothing was published.
+    #[error("too many publishes in flight")]
+    Busy,
+    /// The publish could not be sent; nothing was published.
+    #[error("the publish could not be sent: {0}")]
+    Send(#[source] lapin::Error),
+    /// The broker refused the message (a nack); nothing was stored.
+    #[error("the broker refused the event (nack)")]
+    Nacked,
+    /// The broker returned the message as unroutable, although the alternate exchange
+    /// should have taken it: the topology is broken.
+    #[error("the broker returned the event as unroutable: {0}")]
+    Returned(String),
+    /// No confirm came before the deadline; the event may or may not be stored.
+    #[error("the broker did not confirm in time")]
+    Timeout,
+    /// The connection failed while waiting for the confirm; the event may or may not be
+    /// stored.
+    #[error("the connection failed before the confirm: {0}")]
+    Lost(#[source] lapin::Error),
+}
+
+impl PublishError {
+    /// Whether the broker may hold the event although the publish failed. Producers should
+    /// retry such publishes with the same `Idempotency-Key`.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, PublishError::Timeout | PublishError::Lost(_))
+    }
+}
+
+impl Publisher {
+    /// A publisher to `exchange` over the connector's link.
+    pub fn new(
+        link: watch::Receiver<Link>,
+        exchange: &str,
+        max_in_flight: usize,
+        confirm_timeout: Duration,
+    ) -> Self {
+        Publisher {
+            link,
+            // Exchange names are checked at configuration time (at most 200 ASCII bytes).
+            exchange: ShortString::from(exchange),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            confirm_timeout,
+        }
+    }
+
+    /// Whether the broker link is up.
+    pub fn is_connected(&self) -> bool {
+        self.link.borrow().is_up()
+    }
+
+    /// Publishes one message (mandatory, so a missing route cannot pass unnoticed) and
+    /// waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let deadline = Instant::now() + self.confirm_timeout;
+        let routing_key = ShortString::try_new(routing_key).map_err(|_| {
+            PublishError::Returned("routing key longer than 255 bytes".into())
+        })?;
+        let _permit = match timeout_at(deadline, self.in_flight.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => return Err(PublishError::Busy),
+        };
+        let channel = match &*self.link.borrow() {
+            Link::Up(channel) => channel.clone(),
+            Link::Blocked(_) => return Err(PublishError::Blocked),
+            Link::Down => return Err(PublishError::Disconnected),
+        };
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let publish = channel.basic_publish(
+            self.exchange.clone(),
+            routing_key,
+            options,
+            body,
+            properties,
+        );
+        let confirm = match timeout_at(deadline, publish).await {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(error)) => return Err(PublishError::Send(error)),
+            Err(_) => return Err(PublishError::Timeout),
+        };
+        match timeout_at(deadline, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                Err(PublishError::Returned(returned.reply_text.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            // The channel is put in confirm mode before the link goes up.
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+            Ok(Err(error)) => Err(PublishError::Lost(error)),
+            Err(_) => Err(PublishError::Timeout),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The exchanges and queues the publish side declares on every (re)connect.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+
+/// The publish-side topology:
+///
+/// ```text
+/// events exchange (topic, durable, alternate-exchange = unrouted)
+///     │ no binding matched
+///     ▼
+/// unrouted exchange (fanout, durable) ──► unrouted queue (quorum, durable)
+/// ```
+///
+/// The alternate exchange is an argument of the events exchange, so the broker itself keeps
+/// every event that no subscription is bound for yet, from any publisher.
+#[derive(Clone, Debug)]
+pub struct PublishTopology {
+    /// The durable topic exchange for all events.
+    pub exchange: String,
+    /// Name of both the alternate exchange and the queue behind it.
+    pub unrouted: String,
+}
+
+impl PublishTopology {
+    /// Declares the topology; idempotent when it already exists with the same arguments.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                name(&self.unrouted),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut queue_args = FieldTable::default();
+        queue_args.insert("x-queue-type".into(), text("quorum"));
+        channel
+            .queue_declare(
+                name(&self.unrouted),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                queue_args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                name(&self.unrouted),
+                name(&self.unrouted),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut exchange_args = FieldTable::default();
+        exchange_args.insert("alternate-exchange".into(), text(&self.unrouted));
+        channel
+            .exchange_declare(name(&self.exchange), ExchangeKind::Topic, durable, exchange_args)
+            .await
+    }
+
+    /// How many events wait in the unrouted queue, by a passive declare.
+    pub async fn unrouted_depth(&self, channel: &Channel) -> lapin::Result<u32> {
+        let queue = channel
+            .queue_declare(
+                name(&self.unrouted),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
+    }
+}
+
+/// Exchange and queue names are checked at configuration time (at most 200 ASCII bytes), so
+/// they always fit an AMQP short string.
+fn name(value: &str) -> ShortString {
+    ShortString::from(value)
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}

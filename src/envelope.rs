@@ -1,0 +1,257 @@
+//! The event envelope: the wire type on the broker, its AMQP properties and routing key.
+//! No I/O happens here.
+
+use std::{fmt, str::FromStr, time::SystemTime};
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// One event as it travels through the broker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique id of this event (UUID v7: sortable by creation time).
+    pub event_id: Uuid,
+    /// The event's type, such as `OrderPlaced`.
+    pub event_type: String,
+    /// The version of the payload's schema, `MAJOR.MINOR`.
+    pub schema_version: SchemaVersion,
+    /// The id shared by every event of one business flow.
+    pub correlation_id: String,
+    /// The `event_id` of the event that caused this one.
+    pub causation_id: Option<String>,
+    /// When the event was accepted, RFC 3339 UTC with microseconds.
+    pub occurred_at: String,
+    /// The service that published it.
+    pub source: String,
+    /// The app's JSON payload, kept byte for byte.
+    pub payload: Box<RawValue>,
+}
+
+/// W3C trace context to carry along with an event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The `traceparent` header value.
+    pub traceparent: Option<String>,
+    /// The `tracestate` header value.
+    pub tracestate: Option<String>,
+}
+
+impl Envelope {
+    /// The routing key on the events exchange: `{event_type}.v{major}`.
+    pub fn routing_key(&self) -> String {
+        routing_key(&self.event_type, self.schema_version.major)
+    }
+
+    /// The body published to the broker.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain strings, a UUID and an already-valid RawValue cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The AMQP properties that mirror the envelope, so that brokers and tools can route and
+    /// inspect events without parsing bodies.
+    pub fn properties(&self, trace: &TraceContext) -> Result<BasicProperties, EnvelopeError> {
+        let mut headers = FieldTable::default();
+        if let Some(causation_id) = &self.causation_id {
+            headers.insert("causation_id".into(), long_string(causation_id));
+        }
+        headers.insert(
+            "schema_version".into(),
+            long_string(&self.schema_version.to_string()),
+        );
+        if let Some(traceparent) = &trace.traceparent {
+            headers.insert("traceparent".into(), long_string(traceparent));
+        }
+        if let Some(tracestate) = &trace.tracestate {
+            headers.insert("tracestate".into(), long_string(tracestate));
+        }
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(BasicProperties::default()
+            .with_message_id(short(&self.event_id.to_string())?)
+            .with_correlation_id(short(&self.correlation_id)?)
+            .with_type(short(&self.event_type)?)
+            .with_app_id(short(&self.source)?)
+            .with_timestamp(timestamp)
+            .with_content_type("application/json".into())
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers))
+    }
+}
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn short(value: &str) -> Result<ShortString, EnvelopeError> {
+    ShortString::try_new(value).map_err(|_| EnvelopeError::TooLong)
+}
+
+/// The routing key of an event type at a major version.
+pub fn routing_key(event_type: &str, major: u32) -> String {
+    format!("{event_type}.v{major}")
+}
+
+/// Why an envelope could not be turned into AMQP properties.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// An AMQP short string holds at most 255 bytes.
+    #[error("a property value is longer than 255 bytes")]
+    TooLong,
+}
+
+/// The current time as RFC 3339 UTC with microseconds, as `occurred_at` carries it.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+/// Whether `value` is a valid event type: `^[A-Za-z][A-Za-z0-9_.-]{0,127}$`.
+pub fn is_valid_event_type(value: &str) -> bool {
+    let mut chars = value.chars();
+    value.len() <= 128
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A schema version, `MAJOR.MINOR`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SchemaVersion {
+    /// Incompatible changes bump the major version; each major has its own routing key.
+    pub major: u32,
+    /// Compatible changes bump the minor version.
+    pub minor: u32,
+}
+
+impl SchemaVersion {
+    /// The version assumed when none is given and no schema is registered.
+    pub const DEFAULT: SchemaVersion = SchemaVersion { major: 1, minor: 0 };
+}
+
+impl fmt::Display for SchemaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A version string that is not `MAJOR.MINOR`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected MAJOR.MINOR, such as 2.0")]
+pub struct InvalidVersion;
+
+impl FromStr for SchemaVersion {
+    type Err = InvalidVersion;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (major, minor) = s.split_once('.').ok_or(InvalidVersion)?;
+        let number = |part: &str| {
+            if part.is_empty() || part.len() > 9 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InvalidVersion);
+            }
+            part.parse::<u32>().map_err(|_| InvalidVersion)
+        };
+        Ok(SchemaVersion {
+            major: number(major)?,
+            minor: number(minor)?,
+        })
+    }
+}
+
+impl Serialize for SchemaVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            event_type: "OrderPlaced".into(),
+            schema_version: "2.1".parse().unwrap(),
+            correlation_id: "flow-1".into(),
+            causation_id: Some("parent".into()),
+            occurred_at: now_rfc3339(),
+            source: "orders".into(),
+            payload: RawValue::from_string(r#"{"total_cents": 1250}"#.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn routing_key_carries_the_major_version() {
+        assert_eq!(sample().routing_key(), "OrderPlaced.v2");
+    }
+
+    #[test]
+    fn body_keeps_the_payload_bytes_and_round_trips() {
+        let envelope = sample();
+        let body = envelope.to_json();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains(r#""payload":{"total_cents": 1250}"#), "{text}");
+        let back: Envelope = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.event_id, envelope.event_id);
+        assert_eq!(back.schema_version, envelope.schema_version);
+        assert_eq!(back.causation_id.as_deref(), Some("parent"));
+    }
+
+    #[test]
+    fn properties_mirror_the_envelope() {
+        let envelope = sample();
+        let trace = TraceContext {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
+        };
+        let props = envelope.properties(&trace).unwrap();
+        let id = envelope.event_id.to_string();
+        assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(id.as_str()));
+        assert_eq!(props.kind().as_ref().map(|s| s.as_str()), Some("OrderPlaced"));
+        assert_eq!(props.delivery_mode(), &Some(2));
+        let headers = props.headers().as_ref().unwrap().inner();
+        assert!(headers.contains_key("traceparent"));
+        assert!(!headers.contains_key("tracestate"));
+        assert_eq!(
+            headers.get("schema_version"),
+            Some(&AMQPValue::LongString("2.1".into()))
+        );
+    }
+
+    #[test]
+    fn versions_must_be_major_dot_minor() {
+        assert_eq!(
+            "10.3".parse::<SchemaVersion>().unwrap(),
+            SchemaVersion { major: 10, minor: 3 }
+        );
+        for bad in ["2", "2.", ".1", "a.b", "1.0.0", "-1.0", "+1.0", "9999999999.0"] {
+            assert!(bad.parse::<SchemaVersion>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_types_follow_the_contract() {
+        for good in ["OrderPlaced", "a", "orders.v2-Placed_x"] {
+            assert!(is_valid_event_type(good), "{good}");
+        }
+        let too_long = format!("A{}", "b".repeat(128));
+        for bad in ["", "1Order", "Order Placed", "Order/Placed", too_long.as_str()] {
+            assert!(!is_valid_event_type(bad), "{bad}");
+        }
+    }
+}

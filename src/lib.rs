@@ -1,0 +1,27 @@
+//! causeway: a sidecar that gives any service confirmed event publishing with an envelope of
+//! correlation and causation ids, on RabbitMQ, behind a plain HTTP API on localhost.
+//!
+//! # Layout
+//! - [`config`]: environment variables and the optional TOML file, validated up front.
+//! - [`sidecar`]: builds the parts, runs them, and drains them in order on shutdown.
+//! - [`api`]: the app-facing HTTP API and the admin listener; errors as problem+json.
+//! - [`publish`]: the publish path without HTTP: envelope, idempotency keys, confirm.
+//! - [`envelope`]: the wire type, its AMQP properties and routing key; no I/O.
+//! - [`broker`]: the connection with reconnects, topology, and confirmed publishing.
+//! - [`store`]: durable records (idempotency keys) in an embedded crash-safe file.
+//! - [`health`]: the draining flag shared by handlers and probes.
+//! - [`shutdown`]: signal handling.
+//! - [`telemetry`]: log setup.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod envelope;
+pub mod health;
+pub mod publish;
+pub mod shutdown;
+pub mod sidecar;
+pub mod store;
+pub mod telemetry;

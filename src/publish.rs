@@ -1,0 +1,226 @@
+//! The publish path without HTTP: from an app's event to a confirmed envelope on the broker,
+//! with idempotency keys honoured.
+
+mod key_locks;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::{
+    broker::{PublishError, Publisher},
+    envelope::{Envelope, SchemaVersion, TraceContext, now_rfc3339},
+    store::{IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
+};
+use key_locks::KeyLocks;
+
+/// One event an app asked to publish, checked for syntax already.
+#[derive(Debug)]
+pub struct PublishRequest {
+    /// The event's type.
+    pub event_type: String,
+    /// The app's JSON payload.
+    pub payload: Box<RawValue>,
+    /// The schema version, when the app gave one.
+    pub schema_version: Option<SchemaVersion>,
+    /// The flow to join, when the app gave one.
+    pub correlation_id: Option<String>,
+    /// The event that caused this one.
+    pub causation_id: Option<String>,
+    /// The producer's key for safe retries.
+    pub idempotency_key: Option<String>,
+    /// The trace to continue.
+    pub trace: TraceContext,
+}
+
+/// The answer to an accepted publish: what the app needs to know of its event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    /// The new event's id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Its schema version.
+    pub schema_version: SchemaVersion,
+    /// Its correlation id (given or new).
+    pub correlation_id: String,
+    /// Its causation id.
+    pub causation_id: Option<String>,
+    /// When it was accepted.
+    pub occurred_at: String,
+}
+
+/// Why a publish was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    /// The broker did not take it.
+    #[error(transparent)]
+    Broker(#[from] PublishError),
+    /// The idempotency store failed; nothing was published.
+    #[error("idempotency store: {0}")]
+    Store(#[from] StoreError),
+    /// The key was first used for another event type.
+    #[error("the Idempotency-Key was first used for event type {first}")]
+    KeyReused {
+        /// The event type the key was first used with.
+        first: String,
+    },
+    /// The envelope does not fit AMQP properties.
+    #[error(transparent)]
+    Envelope(#[from] crate::envelope::EnvelopeError),
+}
+
+/// Turns app events into confirmed envelopes.
+#[derive(Clone)]
+pub struct PublishService {
+    source: Arc<str>,
+    publisher: Publisher,
+    keys: Arc<dyn IdempotencyStore>,
+    locks: Arc<KeyLocks>,
+    retention: Duration,
+}
+
+impl std::fmt::Debug for PublishService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishService")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublishService {
+    /// A service publishing as `source` and keeping idempotency keys for `retention`.
+    pub fn new(
+        source: &str,
+        publisher: Publisher,
+        keys: Arc<dyn IdempotencyStore>,
+        retention: Duration,
+    ) -> Self {
+        PublishService {
+            source: source.into(),
+            publisher,
+            keys,
+            locks: Arc::default(),
+            retention,
+        }
+    }
+
+    /// Whether the broker link is up.
+    pub fn is_connected(&self) -> bool {
+        self.publisher.is_connected()
+    }
+
+    /// Publishes one event and returns once the broker confirmed it.
+    pub async fn publish(&self, request: PublishRequest) -> Result<Accepted, Rejected> {
+        let Some(key) = request.idempotency_key.clone() else {
+            let envelope = self.envelope(request, None);
+            return self.send(envelope).await;
+        };
+        // One request per key at a time in this sidecar: a concurrent retry waits for the
+        // first attempt's outcome instead of racing it.
+        let store_key = format!("{}/{}", self.source, key);
+        let _guard = self.locks.lock(&store_key).await;
+        let earlier = self.keys.get_key(&store_key).await?;
+        if let Some(record) = &earlier {
+            if record.event_type != request.event_type {
+                return Err(Rejected::KeyReused {
+                    first: record.event_type.clone(),
+                });
+            }
+            if record.confirmed {
+                debug!(event_id = %record.event_id, "idempotent publish answered from the store");
+                return Ok(accepted_from(record));
+            }
+        }
+        let (envelope, trace) = self.envelope(request, earlier.as_ref());
+        let mut record = IdempotencyRecord {
+            event_id: envelope.event_id,
+            event_type: envelope.event_type.clone(),
+            schema_version: envelope.schema_version,
+            correlation_id: envelope.correlation_id.clone(),
+            causation_id: envelope.causation_id.clone(),
+            occurred_at: envelope.occurred_at.clone(),
+            confirmed: false,
+            expires_at_ms: expiry_after(self.retention),
+        };
+        // Written before publishing: if the confirm never comes, a retry reuses this
+        // event_id, so a second copy on the broker is a duplicate, not a second event.
+        if earlier.is_none() {
+            self.keys.put_key(&store_key, record.clone()).await?;
+        }
+        let accepted = self.send((envelope, trace)).await?;
+        record.confirmed = true;
+        if let Err(error) = self.keys.put_key(&store_key, record).await {
+            // The event is on the broker; a retry would publish the same event_id again,
+            // which delivery deduplicates. Answer with success rather than invite a retry.
+            warn!(%error, event_id = %accepted.event_id, "cannot mark the idempotency key confirmed");
+        }
+        Ok(accepted)
+    }
+
+    /// Builds the envelope, reusing the identity of an unconfirmed earlier attempt.
+    fn envelope(
+        &self,
+        request: PublishRequest,
+        earlier: Option<&IdempotencyRecord>,
+    ) -> (Envelope, TraceContext) {
+        let (event_id, occurred_at, correlation_id, causation_id, schema_version) = match earlier {
+            Some(r) => (
+                r.event_id,
+                r.occurred_at.clone(),
+                r.correlation_id.clone(),
+                r.causation_id.clone(),
+                r.schema_version,
+            ),
+            None => (
+                Uuid::now_v7(),
+                now_rfc3339(),
+                request
+                    .correlation_id
+                    .unwrap_or_else(|| Uuid::now_v7().to_string()),
+                request.causation_id,
+                request.schema_version.unwrap_or(SchemaVersion::DEFAULT),
+            ),
+        };
+        let envelope = Envelope {
+            event_id,
+            event_type: request.event_type,
+            schema_version,
+            correlation_id,
+            causation_id,
+            occurred_at,
+            source: self.source.to_string(),
+            payload: request.payload,
+        };
+        (envelope, request.trace)
+    }
+
+    async fn send(&self, (envelope, trace): (Envelope, TraceContext)) -> Result<Accepted, Rejected> {
+        let properties = envelope.properties(&trace)?;
+        self.publisher
+            .publish(&envelope.routing_key(), &envelope.to_json(), properties)
+            .await?;
+        Ok(Accepted {
+            event_id: envelope.event_id,
+            event_type: envelope.event_type,
+            schema_version: envelope.schema_version,
+            correlation_id: envelope.correlation_id,
+            causation_id: envelope.causation_id,
+            occurred_at: envelope.occurred_at,
+        })
+    }
+}
+
+fn accepted_from(record: &IdempotencyRecord) -> Accepted {
+    Accepted {
+        event_id: record.event_id,
+        event_type: record.event_type.clone(),
+        schema_version: record.schema_version,
+        correlation_id: record.correlation_id.clone(),
+        causation_id: record.causation_id.clone(),
+        occurred_at: record.occurred_at.clone(),
+    }
+}

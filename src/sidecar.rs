@@ -1,0 +1,158 @@
+//! Wiring: builds every part from the configuration, runs them, and drains them in order.
+//!
+//! Shutdown order, once `shutdown` is cancelled:
+//! 1. not ready, and new publishes get 503 (the draining flag);
+//! 2. the API stops accepting and finishes the requests in flight, whose confirms are still
+//!    awaited on the open broker connection, for at most the grace period;
+//! 3. the broker connection closes;
+//! 4. the admin listener and the store stop.
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, ApiState, admin::AdminState},
+    broker::{Connector, Publisher},
+    config::Config,
+    health::Health,
+    publish::PublishService,
+    store::{EmbeddedStore, StoreError},
+};
+
+/// Why the sidecar could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The embedded store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A listener failed while serving.
+    #[error("the {name} listener failed: {source}")]
+    Serve {
+        /// Which listener.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs the sidecar until `shutdown` is cancelled, then drains it.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    let store = EmbeddedStore::open(&config.data_dir)?;
+    let api_listener = bind(config.api_addr).await?;
+    let admin_listener = bind(config.admin_addr).await?;
+    info!(
+        service = %config.service,
+        api_addr = %local_addr(&api_listener),
+        admin_addr = %local_addr(&admin_listener),
+        "listening"
+    );
+
+    let broker_shutdown = CancellationToken::new();
+    let (connector, link) = Connector::new(config.broker.clone(), &config.service);
+    let broker_task = tokio::spawn(connector.run(broker_shutdown.clone()));
+    let sweeper_task = tokio::spawn(store.clone().run_sweeper(shutdown.clone()));
+
+    let publisher = Publisher::new(
+        link,
+        &config.broker.exchange,
+        config.broker.max_in_flight,
+        config.broker.confirm_timeout,
+    );
+    let publish = PublishService::new(
+        &config.service,
+        publisher,
+        Arc::new(store),
+        config.dedup_retention,
+    );
+    let health = Health::default();
+    let api_state = ApiState {
+        publish: publish.clone(),
+        health: health.clone(),
+        token: config.api_token.as_deref().map(Arc::from),
+        max_body: config.max_body,
+    };
+    let admin_shutdown = CancellationToken::new();
+    let mut api_task = serve("api", api_listener, api::router(api_state), shutdown.clone());
+    let admin_task = serve(
+        "admin",
+        admin_listener,
+        api::admin::router(AdminState { health: health.clone(), publish }),
+        admin_shutdown.clone(),
+    );
+
+    // A listener that fails is a critical fault: drain what we can and exit non-zero.
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        ended = &mut api_task => failure = ended.ok().and_then(Result::err),
+    }
+    health.start_draining();
+    shutdown.cancel();
+    info!("draining");
+    if !api_task.is_finished() {
+        match tokio::time::timeout(config.shutdown_grace, &mut api_task).await {
+            Ok(Ok(Err(error))) => failure = Some(error),
+            Ok(_) => {}
+            Err(_) => {
+                warn!(
+                    grace_ms = millis(config.shutdown_grace),
+                    "requests still in flight at the end of the grace period were cut off"
+                );
+                api_task.abort();
+            }
+        }
+    }
+    broker_shutdown.cancel();
+    let _ = broker_task.await;
+    admin_shutdown.cancel();
+    let _ = admin_task.await;
+    let _ = sweeper_task.await;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, SidecarError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| SidecarError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serves `router` on `listener` until `stop`, then lets requests in flight finish.
+fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> JoinHandle<Result<(), SidecarError>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .map_err(|source| SidecarError::Serve { name, source })
+    })
+}

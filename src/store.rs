@@ -1,0 +1,94 @@
+//! Durable records the sidecar keeps between requests and across restarts.
+//!
+//! Each kind of record has a small trait of its own, so that a kind can move to another
+//! backend (a store shared by replicas) without the others noticing. [`EmbeddedStore`] is the
+//! default backend for all of them: one crash-safe file under `CAUSEWAY_DATA_DIR`.
+
+mod embedded;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::SchemaVersion;
+
+pub use embedded::EmbeddedStore;
+
+/// A boxed future, so that the store traits stay usable as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the store remembers of a publish made with an `Idempotency-Key`.
+///
+/// The record is written before the event is published, with `confirmed = false`: a producer
+/// that retries after a timeout gets the same `event_id` again, so a second copy on the
+/// broker is a duplicate that delivery drops, never a second event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The event id given to the first request with this key.
+    pub event_id: Uuid,
+    /// The event type of that request.
+    pub event_type: String,
+    /// Its schema version.
+    pub schema_version: SchemaVersion,
+    /// Its correlation id.
+    pub correlation_id: String,
+    /// Its causation id.
+    pub causation_id: Option<String>,
+    /// Its `occurred_at`.
+    pub occurred_at: String,
+    /// Whether the broker confirmed it.
+    pub confirmed: bool,
+    /// When the record may be forgotten, in milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+}
+
+/// Keeps idempotency records by key.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// The record for `key`, unless there is none or it has expired.
+    fn get_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>>;
+
+    /// Stores the record for `key`, durably, replacing any earlier one.
+    fn put_key<'a>(
+        &'a self,
+        key: &'a str,
+        record: IdempotencyRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded database reported an error.
+    #[error("embedded store: {0}")]
+    Embedded(String),
+    /// A stored record could not be decoded.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The store is closing and takes no more writes.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    system_ms(SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch of `time`.
+pub fn system_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The expiry of a record written now and kept for `retention`.
+pub fn expiry_after(retention: Duration) -> u64 {
+    now_ms().saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
+}
