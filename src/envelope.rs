@@ -205,7 +205,10 @@ mod tests {
         let envelope = sample();
         let body = envelope.to_json();
         let text = std::str::from_utf8(&body).unwrap();
-        assert!(text.contains(r#""payload":{"total_cents": 1250}"#), "{text}");
+        assert!(
+            text.contains(r#""payload":{"total_cents": 1250}"#),
+            "{text}"
+        );
         let back: Envelope = serde_json::from_slice(&body).unwrap();
         assert_eq!(back.event_id, envelope.event_id);
         assert_eq!(back.schema_version, envelope.schema_version);
@@ -221,8 +224,14 @@ mod tests {
         };
         let props = envelope.properties(&trace).unwrap();
         let id = envelope.event_id.to_string();
-        assert_eq!(props.message_id().as_ref().map(|s| s.as_str()), Some(id.as_str()));
-        assert_eq!(props.kind().as_ref().map(|s| s.as_str()), Some("OrderPlaced"));
+        assert_eq!(
+            props.message_id().as_ref().map(|s| s.as_str()),
+            Some(id.as_str())
+        );
+        assert_eq!(
+            props.kind().as_ref().map(|s| s.as_str()),
+            Some("OrderPlaced")
+        );
         assert_eq!(props.delivery_mode(), &Some(2));
         let headers = props.headers().as_ref().unwrap().inner();
         assert!(headers.contains_key("traceparent"));
@@ -237,9 +246,21 @@ mod tests {
     fn versions_must_be_major_dot_minor() {
         assert_eq!(
             "10.3".parse::<SchemaVersion>().unwrap(),
-            SchemaVersion { major: 10, minor: 3 }
+            SchemaVersion {
+                major: 10,
+                minor: 3
+            }
         );
-        for bad in ["2", "2.", ".1", "a.b", "1.0.0", "-1.0", "+1.0", "9999999999.0"] {
+        for bad in [
+            "2",
+            "2.",
+            ".1",
+            "a.b",
+            "1.0.0",
+            "-1.0",
+            "+1.0",
+            "9999999999.0",
+        ] {
             assert!(bad.parse::<SchemaVersion>().is_err(), "{bad}");
         }
     }
@@ -250,7 +271,13 @@ mod tests {
             assert!(is_valid_event_type(good), "{good}");
         }
         let too_long = format!("A{}", "b".repeat(128));
-        for bad in ["", "1Order", "Order Placed", "Order/Placed", too_long.as_str()] {
+        for bad in [
+            "",
+            "1Order",
+            "Order Placed",
+            "Order/Placed",
+            too_long.as_str(),
+        ] {
             assert!(!is_valid_event_type(bad), "{bad}");
         }
     }

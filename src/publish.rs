@@ -198,7 +198,10 @@ impl PublishService {
         (envelope, request.trace)
     }
 
-    async fn send(&self, (envelope, trace): (Envelope, TraceContext)) -> Result<Accepted, Rejected> {
+    async fn send(
+        &self,
+        (envelope, trace): (Envelope, TraceContext),
+    ) -> Result<Accepted, Rejected> {
         let properties = envelope.properties(&trace)?;
         self.publisher
             .publish(&envelope.routing_key(), &envelope.to_json(), properties)

@@ -85,11 +85,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         max_body: config.max_body,
     };
     let admin_shutdown = CancellationToken::new();
-    let mut api_task = serve("api", api_listener, api::router(api_state), shutdown.clone());
+    let mut api_task = serve(
+        "api",
+        api_listener,
+        api::router(api_state),
+        shutdown.clone(),
+    );
     let admin_task = serve(
         "admin",
         admin_listener,
-        api::admin::router(AdminState { health: health.clone(), publish }),
+        api::admin::router(AdminState {
+            health: health.clone(),
+            publish,
+        }),
         admin_shutdown.clone(),
     );
 

@@ -128,7 +128,9 @@ fn trace_context(headers: &HeaderMap) -> TraceContext {
 fn is_valid_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
     let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     matches!(parts.as_slice(), [version, trace, parent, flags]
         if hex(version, 2) && *version != "ff"

@@ -115,7 +115,10 @@ impl Connector {
                 ),
             }
             let delay = backoff.next_delay();
-            debug!(delay_ms = delay.as_millis() as u64, "reconnecting to the broker");
+            debug!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting to the broker"
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}

@@ -2,9 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{
-    BasicProperties, Confirmation, options::BasicPublishOptions, types::ShortString,
-};
+use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions, types::ShortString};
 use tokio::{
     sync::{Semaphore, watch},
     time::{Instant, timeout_at},
@@ -95,9 +93,8 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let deadline = Instant::now() + self.confirm_timeout;
-        let routing_key = ShortString::try_new(routing_key).map_err(|_| {
-            PublishError::Returned("routing key longer than 255 bytes".into())
-        })?;
+        let routing_key = ShortString::try_new(routing_key)
+            .map_err(|_| PublishError::Returned("routing key longer than 255 bytes".into()))?;
         let _permit = match timeout_at(deadline, self.in_flight.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) | Err(_) => return Err(PublishError::Busy),

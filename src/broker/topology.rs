@@ -64,7 +64,12 @@ impl PublishTopology {
         let mut exchange_args = FieldTable::default();
         exchange_args.insert("alternate-exchange".into(), text(&self.unrouted));
         channel
-            .exchange_declare(name(&self.exchange), ExchangeKind::Topic, durable, exchange_args)
+            .exchange_declare(
+                name(&self.exchange),
+                ExchangeKind::Topic,
+                durable,
+                exchange_args,
+            )
             .await
     }
 

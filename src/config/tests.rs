@@ -54,7 +54,10 @@ fn every_invalid_variable_is_named_at_once() {
         ]
     );
     let text = error.to_string();
-    assert!(text.contains("CAUSEWAY_SERVICE: required but not set"), "{text}");
+    assert!(
+        text.contains("CAUSEWAY_SERVICE: required but not set"),
+        "{text}"
+    );
     assert!(text.contains("\"lots\""), "{text}");
 }
 
@@ -91,11 +94,7 @@ fn the_file_fills_in_and_the_environment_wins() {
         "service = \"billing\"\nmax_body = 2048\nexchange = \"from-file\"\n",
     )
     .unwrap();
-    let config = Config::load(
-        Some(&path),
-        &env(&[("CAUSEWAY_EXCHANGE", "from-env")]),
-    )
-    .unwrap();
+    let config = Config::load(Some(&path), &env(&[("CAUSEWAY_EXCHANGE", "from-env")])).unwrap();
     assert_eq!(config.service, "billing");
     assert_eq!(config.max_body, 2048);
     assert_eq!(config.broker.exchange, "from-env");
@@ -107,12 +106,19 @@ fn unknown_file_keys_and_bad_file_values_are_reported() {
     let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("causeway.toml");
-    std::fs::write(&path, "service = \"billing\"\nmax_bodyy = 1\nmax_in_flight = 0\n").unwrap();
+    std::fs::write(
+        &path,
+        "service = \"billing\"\nmax_bodyy = 1\nmax_in_flight = 0\n",
+    )
+    .unwrap();
     let error = Config::load(Some(&path), &HashMap::new()).unwrap_err();
     let name = path.display().to_string();
     assert_eq!(
         origins(&error),
-        [format!("max_bodyy in {name}"), format!("max_in_flight in {name}")]
+        [
+            format!("max_bodyy in {name}"),
+            format!("max_in_flight in {name}")
+        ]
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

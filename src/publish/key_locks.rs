@@ -38,7 +38,10 @@ impl KeyLocks {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.table.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -47,7 +50,11 @@ impl Drop for KeyGuard<'_> {
         // Release first, then drop the entry if the table holds the only reference left.
         // Clones are only made under the table lock, so this check cannot race one.
         drop(self.guard.take());
-        let mut table = self.locks.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut table = self
+            .locks
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if table
             .get(&self.key)
             .is_some_and(|mutex| Arc::strong_count(mutex) == 1)
@@ -73,7 +80,10 @@ mod tests {
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "the second holder got in while the first held the key");
+        assert!(
+            !waiter.is_finished(),
+            "the second holder got in while the first held the key"
+        );
         let other = locks.lock("other").await;
         assert_eq!(locks.len(), 2);
         drop(first);

@@ -6,15 +6,9 @@
 //! concurrent writers share an fsync, and each still gets its answer only once its record is
 //! on disk.
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use redb::{
-    Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -153,7 +147,8 @@ impl IdempotencyStore for EmbeddedStore {
             let key = key.to_owned();
             let expires_at = record.expires_at_ms;
             self.write(move |txn| {
-                txn.open_table(IDEMPOTENCY)?.insert(key.as_str(), value.as_slice())?;
+                txn.open_table(IDEMPOTENCY)?
+                    .insert(key.as_str(), value.as_slice())?;
                 txn.open_table(EXPIRY)?
                     .insert((expires_at, "idempotency", key.as_str()), ())?;
                 Ok(())
@@ -185,8 +180,7 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        let (jobs, waiters): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|r| (r.job, r.done)).unzip();
+        let (jobs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.job, r.done)).unzip();
         let outcome = commit(db, jobs).map_err(|e| e.to_string());
         for done in waiters {
             let _ = done.send(outcome.clone().map_err(StoreError::Embedded));
@@ -278,7 +272,10 @@ mod tests {
         let dir = temp_dir();
         let store = EmbeddedStore::open(&dir).unwrap();
         store.put_key("old", record(now_ms() - 1)).await.unwrap();
-        store.put_key("new", record(now_ms() + 60_000)).await.unwrap();
+        store
+            .put_key("new", record(now_ms() + 60_000))
+            .await
+            .unwrap();
         assert_eq!(store.get_key("old").await.unwrap(), None);
         let removed = store.write(|txn| sweep(txn, now_ms())).await.unwrap();
         assert_eq!(removed, 1);

@@ -1,0 +1,415 @@
+//! Test helpers: the real sidecar binary, the real broker, and a TCP proxy that can cut the
+//! line between them. Every test uses names of its own, so tests run in parallel.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+pub mod proxy;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, ExchangeDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// The settings of one sidecar under test; change them before `start`.
+pub struct Settings {
+    pub env: HashMap<String, String>,
+}
+
+impl Settings {
+    /// A service with its own exchange, unrouted queue and data directory.
+    pub fn new() -> Self {
+        let id = unique("t");
+        let data_dir = std::env::temp_dir().join(format!("causeway-test-{id}"));
+        let mut env = HashMap::new();
+        for (key, value) in [
+            ("CAUSEWAY_SERVICE", format!("svc-{id}")),
+            ("CAUSEWAY_API_ADDR", "127.0.0.1:0".into()),
+            ("CAUSEWAY_ADMIN_ADDR", "127.0.0.1:0".into()),
+            ("CAUSEWAY_AMQP_URL", AMQP_URL.into()),
+            ("CAUSEWAY_EXCHANGE", format!("test.{id}.events")),
+            ("CAUSEWAY_UNROUTED_QUEUE", format!("test.{id}.unrouted")),
+            ("CAUSEWAY_DATA_DIR", data_dir.display().to_string()),
+            ("CAUSEWAY_CONFIRM_TIMEOUT", "3s".into()),
+            ("CAUSEWAY_SHUTDOWN_GRACE", "10s".into()),
+            ("RUST_LOG", "info,causeway=debug".into()),
+        ] {
+            env.insert(key.to_string(), value);
+        }
+        Settings { env }
+    }
+
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        &self.env[key]
+    }
+
+    /// Starts the binary and waits until it listens (not until it is ready).
+    pub fn start(self) -> Sidecar {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_causeway"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the causeway binary starts");
+        let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for (stream, logs) in [
+            (
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+                logs.clone(),
+            ),
+            (Box::new(stderr), logs.clone()),
+        ] {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (api, admin) = loop {
+            let found = logs.lock().unwrap().iter().find_map(|line| {
+                let json: Value = serde_json::from_str(line).ok()?;
+                (json["message"] == "listening").then(|| {
+                    (
+                        json["api_addr"].as_str().unwrap().to_string(),
+                        json["admin_addr"].as_str().unwrap().to_string(),
+                    )
+                })
+            });
+            if let Some(found) = found {
+                break found;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "causeway exited with {status} before listening:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "causeway did not start listening in time"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Sidecar {
+            child,
+            api: format!("http://{api}"),
+            admin: format!("http://{admin}"),
+            logs,
+            settings: self,
+            http: http_client(),
+        }
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A running sidecar process; killed when dropped.
+pub struct Sidecar {
+    child: Child,
+    pub api: String,
+    pub admin: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Sidecar {
+    pub fn exchange(&self) -> &str {
+        self.settings.get("CAUSEWAY_EXCHANGE")
+    }
+
+    pub fn unrouted(&self) -> &str {
+        self.settings.get("CAUSEWAY_UNROUTED_QUEUE")
+    }
+
+    pub fn service(&self) -> &str {
+        self.settings.get("CAUSEWAY_SERVICE")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a JSON log line has `message` equal to `message`, and returns it.
+    pub async fn wait_for_log(&self, message: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.logs().iter().find_map(|line| {
+                let json: Value = serde_json::from_str(line).ok()?;
+                (json["message"] == message).then_some(json)
+            });
+            if let Some(found) = found {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {message:?} within {within:?}; logs:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `GET /readyz` status.
+    pub async fn readyz(&self) -> u16 {
+        match self.http.get(format!("{}/readyz", self.admin)).send().await {
+            Ok(response) => response.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits until `/readyz` answers `status`.
+    pub async fn wait_ready_status(&self, status: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.readyz().await != status {
+            assert!(
+                Instant::now() < deadline,
+                "/readyz did not become {status} within {within:?}; logs:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        self.wait_ready_status(200, Duration::from_secs(20)).await;
+    }
+
+    /// Publishes `body` as `event_type` with extra headers.
+    pub async fn publish(&self, event_type: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/publish/{event_type}", self.api))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        read(request.send().await.expect("the API answers")).await
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "causeway did not exit within {within:?}; logs:\n{}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Deletes what this sidecar declared on the broker.
+    pub async fn cleanup(&self, broker: &Broker) {
+        broker.delete_exchange(self.exchange()).await;
+        broker.delete_exchange(self.unrouted()).await;
+        broker.delete_queue(self.unrouted()).await;
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = PathBuf::from(self.settings.get("CAUSEWAY_DATA_DIR"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A test's own connection to the real broker.
+pub struct Broker {
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Broker {
+    pub async fn connect() -> Self {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.unwrap();
+        Broker {
+            connection,
+            channel,
+        }
+    }
+
+    /// A private queue bound to `exchange` with `routing_key`, consumed from.
+    pub async fn bind(&self, exchange: &str, routing_key: &str) -> TestQueue {
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        TestQueue { channel, consumer }
+    }
+
+    /// Takes one message from a queue without a consumer, if there is one.
+    pub async fn get(&self, queue: &str) -> Option<Delivery> {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        message.map(|m| m.delivery)
+    }
+
+    pub async fn delete_exchange(&self, name: &str) {
+        let _ = self
+            .channel
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+
+    pub async fn delete_queue(&self, name: &str) {
+        let _ = self
+            .channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// A private queue and its consumer.
+pub struct TestQueue {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl TestQueue {
+    /// The next message, or `None` when nothing comes within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Delivery> {
+        let delivery = tokio::time::timeout(within, self.consumer.next())
+            .await
+            .ok()??
+            .unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        Some(delivery)
+    }
+
+    /// Every message that arrives until none has come for `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Delivery> {
+        let mut all = Vec::new();
+        while let Some(delivery) = self.next(quiet).await {
+            all.push(delivery);
+        }
+        all
+    }
+}
+
+/// The JSON body of a message.
+pub fn body(delivery: &Delivery) -> Value {
+    serde_json::from_slice(&delivery.data).unwrap()
+}
+
+/// A header of a message, as text.
+pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}

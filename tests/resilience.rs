@@ -1,0 +1,264 @@
+//! The sidecar under trouble: bad configuration, a broker that goes away and comes back,
+//! and SIGTERM with publishes in flight.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Broker, Settings, body, proxy::Proxy};
+use serde_json::Value;
+
+#[test]
+fn invalid_configuration_names_every_bad_variable_and_exits_64() {
+    let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .env_clear()
+        .env("CAUSEWAY_API_ADDR", "localhost-ish")
+        .env("CAUSEWAY_MAX_BODY", "huge")
+        .env("CAUSEWAY_AMQP_URL", "http://rabbit")
+        .env("CAUSEWAY_SHUTDOWN_GRACE", "soon")
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for name in [
+        "CAUSEWAY_SERVICE",
+        "CAUSEWAY_API_ADDR",
+        "CAUSEWAY_MAX_BODY",
+        "CAUSEWAY_AMQP_URL",
+        "CAUSEWAY_SHUTDOWN_GRACE",
+    ] {
+        assert!(stderr.contains(name), "{name} not named in:\n{stderr}");
+    }
+    assert!(output.stdout.is_empty(), "it logged as if it ran");
+}
+
+#[test]
+fn an_invalid_config_file_exits_64_before_binding() {
+    let dir = std::env::temp_dir().join(common::unique("causeway-conf"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("causeway.toml");
+    std::fs::write(&file, "service = \"orders\"\nexchnage = \"typo\"\n").unwrap();
+    // A port that is free now: if the process bound it, this test could not take it after.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap().to_string();
+    drop(probe);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        .env_clear()
+        .env("CAUSEWAY_API_ADDR", &addr)
+        .args(["run", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exchnage"), "{stderr}");
+    assert!(std::net::TcpListener::bind(&addr).is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn without_a_broker_publishes_fail_fast_with_503_and_it_is_not_ready() {
+    // A port with nothing behind it.
+    let closed = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let sidecar = Settings::new()
+        .set(
+            "CAUSEWAY_AMQP_URL",
+            &format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"),
+        )
+        .start();
+    // /healthz answers: the process is alive even though it cannot reach the broker.
+    let health = sidecar
+        .http
+        .get(format!("{}/healthz", sidecar.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let started = Instant::now();
+    let answer = sidecar.publish("OrderPlaced", "{}", &[]).await;
+
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "a publish hung");
+    assert!(answer.headers.contains_key("retry-after"));
+    assert_eq!(sidecar.readyz().await, 503);
+    sidecar
+        .wait_for_log("cannot connect to the broker", Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test]
+async fn a_cut_broker_connection_gives_503_and_publishing_resumes_after_it_heals() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let sidecar = Settings::new()
+        .set("CAUSEWAY_AMQP_URL", &proxy.amqp_url())
+        .set("CAUSEWAY_CONFIRM_TIMEOUT", "2s")
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let mut queue = broker.bind(sidecar.exchange(), "#").await;
+
+    // Traffic that keeps going through the outage.
+    let client = {
+        let url = format!("{}/v1/publish/Tick", sidecar.api);
+        let http = common::http_client();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let end = Instant::now() + Duration::from_secs(6);
+            while Instant::now() < end {
+                let started = Instant::now();
+                let response = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                let answer = common::read(response).await;
+                answers.push((answer, started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.cut();
+    sidecar.wait_ready_status(503, Duration::from_secs(5)).await;
+    let during = sidecar.publish("OrderPlaced", "{}", &[]).await;
+    assert_eq!(during.status, 503, "{during:?}");
+    assert!(during.headers.contains_key("retry-after"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.heal();
+    let answers = client.await.unwrap();
+    sidecar
+        .wait_ready_status(200, Duration::from_secs(30))
+        .await;
+    let after = sidecar
+        .publish("OrderPlaced", r#"{"after":true}"#, &[])
+        .await;
+
+    assert_eq!(after.status, 202, "{after:?}");
+    let statuses: Vec<u16> = answers.iter().map(|(a, _)| a.status).collect();
+    assert!(statuses.contains(&202), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    for (answer, took) in &answers {
+        assert!(
+            matches!(answer.status, 202 | 503 | 504),
+            "unexpected answer {answer:?}"
+        );
+        // The confirm timeout is 2 s; nothing may wait much beyond it.
+        assert!(
+            *took < Duration::from_secs(4),
+            "a publish hung for {took:?}"
+        );
+    }
+    // Every accepted event is on the broker, including the one after the outage.
+    let accepted: HashSet<Value> = answers
+        .iter()
+        .filter(|(a, _)| a.status == 202)
+        .map(|(a, _)| a.body["event_id"].clone())
+        .chain([after.body["event_id"].clone()])
+        .collect();
+    let delivered: HashSet<Value> = queue
+        .drain(Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|d| body(d)["event_id"].clone())
+        .collect();
+    let missing: Vec<_> = accepted.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but not on the broker: {missing:?}"
+    );
+    sidecar
+        .wait_for_log("broker connection lost", Duration::from_secs(1))
+        .await;
+
+    sidecar.cleanup(&broker).await;
+}
+
+#[tokio::test]
+async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
+    let mut sidecar = Settings::new().start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let mut queue = broker.bind(sidecar.exchange(), "#").await;
+    let url = format!("{}/v1/publish/Tick", sidecar.api);
+
+    // Sixteen clients publishing as fast as they can.
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let url = url.clone();
+            let http = common::http_client();
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                let mut errors = 0;
+                loop {
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body("{}")
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) => {
+                            let answer = common::read(response).await;
+                            match answer.status {
+                                202 => accepted.push(answer.body["event_id"].clone()),
+                                503 | 504 => errors += 1,
+                                other => panic!("unexpected answer {other}: {answer:?}"),
+                            }
+                        }
+                        // The listener is closed: the sidecar is gone.
+                        Err(_) => return (accepted, errors),
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sidecar.terminate();
+    let status = sidecar.wait_exit(Duration::from_secs(20)).await;
+
+    assert!(status.success(), "exit status {status}");
+    let mut accepted = HashSet::new();
+    for client in clients {
+        let (ids, _) = client.await.unwrap();
+        accepted.extend(ids);
+    }
+    assert!(
+        accepted.len() > 10,
+        "too little traffic to test: {}",
+        accepted.len()
+    );
+    let delivered: HashSet<Value> = queue
+        .drain(Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|d| body(d)["event_id"].clone())
+        .collect();
+    let missing: Vec<_> = accepted.difference(&delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "{} accepted events are not on the broker",
+        missing.len()
+    );
+    sidecar
+        .wait_for_log("draining", Duration::from_secs(1))
+        .await;
+    sidecar
+        .wait_for_log("stopped", Duration::from_secs(1))
+        .await;
+
+    sidecar.cleanup(&broker).await;
+}
