@@ -25,3 +25,4 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod store;
 pub mod telemetry;
+pub mod subscription;

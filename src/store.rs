@@ -5,6 +5,7 @@
 //! default backend for all of them: one crash-safe file under `CAUSEWAY_DATA_DIR`.
 
 mod embedded;
+mod redis;
 
 use std::{
     future::Future,
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::envelope::SchemaVersion;
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisDedup;
 
 /// A boxed future, so that the store traits stay usable as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -63,6 +65,37 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
+/// What a claim on an event found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The event is ours to deliver now; `complete` or `release` it after.
+    Acquired,
+    /// The app already accepted the event within the retention window.
+    Done,
+    /// Another delivery of the same event is in flight (here or in another replica).
+    Busy,
+}
+
+/// Remembers which events each subscription's app accepted, so that a duplicate is never
+/// POSTed twice, and makes concurrent copies of one event take turns.
+///
+/// Keys are `{subscription}/{event_id}`. A claim is a short lease, never a record of
+/// success: only `complete`, called after the app's 2xx, marks an event done.
+pub trait DedupStore: Send + Sync + 'static {
+    /// Claims `key` for one delivery, for at most `lease`.
+    fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim, StoreError>>;
+
+    /// Records `key` as done, durably, for `retention`; ends the claim.
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Ends a claim without marking the event done (the delivery failed).
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -75,6 +108,9 @@ pub enum StoreError {
     /// The store is closing and takes no more writes.
     #[error("the store is closed")]
     Closed,
+    /// The shared Redis store failed.
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -4,21 +4,67 @@
 //! at a few thousand writes a second. All writes therefore go through one writer thread that
 //! takes every write queued while the previous commit was syncing and commits them together:
 //! concurrent writers share an fsync, and each still gets its answer only once its record is
-//! on disk.
+//! on disk. Writes that need not survive a crash on their own ("lazy") ride along with the
+//! next durable commit.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{BoxFuture, IdempotencyRecord, IdempotencyStore, StoreError, now_ms};
+use super::{
+    BoxFuture, Claim, DedupStore, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after,
+    now_ms,
+};
 
-/// Idempotency records by key; the value is the expiry (8 bytes, big-endian) then JSON.
-const IDEMPOTENCY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("idempotency");
+/// Tables whose values are an expiry (8 bytes, big-endian, ms since the epoch) then data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiring {
+    /// Idempotency records by `{service}/{key}`; data is JSON.
+    Idempotency,
+    /// Events each subscription's app accepted, by `{subscription}/{event_id}`; no data.
+    Delivered,
+    /// The correlation id of each event delivered here, by event id.
+    Correlations,
+}
+
+impl Expiring {
+    const ALL: [Expiring; 3] = [
+        Expiring::Idempotency,
+        Expiring::Delivered,
+        Expiring::Correlations,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Expiring::Idempotency => "idempotency",
+            Expiring::Delivered => "delivered",
+            Expiring::Correlations => "correlations",
+        }
+    }
+
+    fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
+    }
+
+    fn from_name(name: &str) -> Option<Expiring> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
 /// Expiry index: (expires at ms, table, key). Lets the sweeper find old records without a
 /// full scan.
 const EXPIRY: TableDefinition<'_, (u64, &str, &str), ()> = TableDefinition::new("expiry");
+/// Subscriptions made over the API, by name; the value is the spec as JSON.
+const SUBSCRIPTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("subscriptions");
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -32,6 +78,7 @@ type Job = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
 
 struct WriteRequest {
     job: Job,
+    durable: bool,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -40,6 +87,9 @@ struct WriteRequest {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     writes: mpsc::Sender<WriteRequest>,
+    /// Dedup claims are leases of this process only: they live in memory, and a crash
+    /// releases them, as it should.
+    claims: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -59,8 +109,11 @@ impl EmbeddedStore {
         let db = Database::create(&path)
             .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(embedded)?;
-        txn.open_table(IDEMPOTENCY).map_err(embedded)?;
+        for table in Expiring::ALL {
+            txn.open_table(table.table()).map_err(embedded)?;
+        }
         txn.open_table(EXPIRY).map_err(embedded)?;
+        txn.open_table(SUBSCRIPTIONS).map_err(embedded)?;
         txn.commit().map_err(embedded)?;
 
         let db = Arc::new(db);
@@ -70,12 +123,24 @@ impl EmbeddedStore {
             .name("causeway-store".into())
             .spawn(move || write_loop(&writer_db, queue))
             .map_err(|e| StoreError::Embedded(format!("cannot start the writer thread: {e}")))?;
-        Ok(EmbeddedStore { db, writes })
+        Ok(EmbeddedStore {
+            db,
+            writes,
+            claims: Arc::default(),
+        })
     }
 
     /// Runs `job` in a durable write transaction shared with other concurrent writes, and
     /// returns its result once the transaction is on disk.
     pub async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
+    {
+        self.submit(job, true).await
+    }
+
+    async fn submit<T, F>(&self, job: F, durable: bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
@@ -88,7 +153,7 @@ impl EmbeddedStore {
         });
         let (done, committed) = oneshot::channel();
         self.writes
-            .send(WriteRequest { job, done })
+            .send(WriteRequest { job, durable, done })
             .await
             .map_err(|_| StoreError::Closed)?;
         committed.await.map_err(|_| StoreError::Closed)??;
@@ -112,14 +177,107 @@ impl EmbeddedStore {
         }
     }
 
-    fn read_record(&self, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(IDEMPOTENCY)?;
-        let Some(value) = table.get(key)? else {
-            return Ok(None);
+    /// The data of an unexpired record.
+    fn get_expiring(&self, table: Expiring, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = || -> Result<Option<Vec<u8>>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(table.table())?;
+            let Some(value) = table.get(key)? else {
+                return Ok(None);
+            };
+            let (expires_at, data) = split_value(value.value());
+            Ok((expires_at > now_ms()).then(|| data.to_vec()))
         };
-        let (expires_at, json) = split_value(value.value());
-        Ok((expires_at > now_ms()).then(|| json.to_vec()))
+        read().map_err(embedded)
+    }
+
+    /// Stores a record that expires at `expires_at` (ms since the epoch).
+    async fn put_expiring(
+        &self,
+        table: Expiring,
+        key: &str,
+        data: &[u8],
+        expires_at: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut value = expires_at.to_be_bytes().to_vec();
+        value.extend_from_slice(data);
+        let key = key.to_owned();
+        let job = move |txn: &WriteTransaction| {
+            txn.open_table(table.table())?
+                .insert(key.as_str(), value.as_slice())?;
+            txn.open_table(EXPIRY)?
+                .insert((expires_at, table.name(), key.as_str()), ())?;
+            Ok(())
+        };
+        self.submit(job, durable).await
+    }
+
+    /// Remembers the correlation id of an event delivered here, so that events the app
+    /// publishes in reaction can inherit it. Lazy: a crash may forget it, and the
+    /// redelivery that follows writes it again.
+    pub async fn remember_correlation(
+        &self,
+        event_id: &str,
+        correlation_id: &str,
+        retention: Duration,
+    ) -> Result<(), StoreError> {
+        let expires_at = expiry_after(retention);
+        self.put_expiring(
+            Expiring::Correlations,
+            event_id,
+            correlation_id.as_bytes(),
+            expires_at,
+            false,
+        )
+        .await
+    }
+
+    /// The correlation id of an event delivered here, if it is remembered.
+    pub fn correlation_of(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get_expiring(Expiring::Correlations, event_id)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Stores an API-made subscription's spec (JSON), durably.
+    pub async fn save_subscription(&self, name: &str, spec: Vec<u8>) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            txn.open_table(SUBSCRIPTIONS)?
+                .insert(name.as_str(), spec.as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets an API-made subscription; returns whether it existed.
+    pub async fn delete_subscription(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let existed = txn.open_table(SUBSCRIPTIONS)?.remove(name.as_str())?.is_some();
+            Ok(existed)
+        })
+        .await
+    }
+
+    /// Every API-made subscription: name and spec JSON.
+    pub fn subscriptions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let read = || -> Result<Vec<(String, Vec<u8>)>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(SUBSCRIPTIONS)?;
+            let mut all = Vec::new();
+            for entry in table.iter()? {
+                let (name, spec) = entry?;
+                all.push((name.value().to_owned(), spec.value().to_vec()));
+            }
+            Ok(all)
+        };
+        read().map_err(embedded)
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -129,7 +287,7 @@ impl IdempotencyStore for EmbeddedStore {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>> {
         Box::pin(async move {
-            match self.read_record(key).map_err(embedded)? {
+            match self.get_expiring(Expiring::Idempotency, key)? {
                 Some(json) => Ok(Some(serde_json::from_slice(&json)?)),
                 None => Ok(None),
             }
@@ -142,26 +300,61 @@ impl IdempotencyStore for EmbeddedStore {
         record: IdempotencyRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut value = record.expires_at_ms.to_be_bytes().to_vec();
-            serde_json::to_writer(&mut value, &record)?;
-            let key = key.to_owned();
-            let expires_at = record.expires_at_ms;
-            self.write(move |txn| {
-                txn.open_table(IDEMPOTENCY)?
-                    .insert(key.as_str(), value.as_slice())?;
-                txn.open_table(EXPIRY)?
-                    .insert((expires_at, "idempotency", key.as_str()), ())?;
-                Ok(())
-            })
-            .await
+            let json = serde_json::to_vec(&record)?;
+            self.put_expiring(Expiring::Idempotency, key, &json, record.expires_at_ms, true)
+                .await
         })
     }
 }
 
-/// Splits a stored value into its expiry and its JSON.
+impl DedupStore for EmbeddedStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async move {
+            if self.get_expiring(Expiring::Delivered, key)?.is_some() {
+                return Ok(Claim::Done);
+            }
+            let now = Instant::now();
+            let mut claims = self.claims();
+            match claims.get(key) {
+                Some(until) if *until > now => Ok(Claim::Busy),
+                _ => {
+                    claims.insert(key.to_owned(), now + lease);
+                    Ok(Claim::Acquired)
+                }
+            }
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let result = self
+                .put_expiring(Expiring::Delivered, key, &[], expiry_after(retention), true)
+                .await;
+            self.claims().remove(key);
+            result
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.claims().remove(key);
+            Ok(())
+        })
+    }
+}
+
+/// Splits a stored value into its expiry and its data.
 fn split_value(value: &[u8]) -> (u64, &[u8]) {
     match value.split_first_chunk::<8>() {
-        Some((expiry, json)) => (u64::from_be_bytes(*expiry), json),
+        Some((expiry, data)) => (u64::from_be_bytes(*expiry), data),
         None => (0, value),
     }
 }
@@ -180,8 +373,14 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
                 Err(_) => break,
             }
         }
-        let (jobs, waiters): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.job, r.done)).unzip();
-        let outcome = commit(db, jobs).map_err(|e| e.to_string());
+        let durable = batch.iter().any(|r| r.durable);
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for request in batch {
+            jobs.push(request.job);
+            waiters.push(request.done);
+        }
+        let outcome = commit(db, jobs, durable).map_err(|e| e.to_string());
         for done in waiters {
             let _ = done.send(outcome.clone().map_err(StoreError::Embedded));
         }
@@ -189,8 +388,12 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
 }
 
 /// Runs every job in one transaction; any failure aborts them all.
-fn commit(db: &Database, jobs: Vec<Job>) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+fn commit(db: &Database, jobs: Vec<Job>, durable: bool) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(Durability::None)
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    }
     for job in jobs {
         job(&txn)?;
     }
@@ -201,7 +404,6 @@ fn commit(db: &Database, jobs: Vec<Job>) -> Result<(), redb::Error> {
 /// Removes records whose expiry has passed; returns how many.
 fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, redb::Error> {
     let mut index = txn.open_table(EXPIRY)?;
-    let mut data = txn.open_table(IDEMPOTENCY)?;
     let mut due = Vec::new();
     for entry in index.range((0, "", "")..(now, "", ""))?.take(SWEEP_LIMIT) {
         let (key, _) = entry?;
@@ -211,6 +413,10 @@ fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, redb::Error> {
     let mut removed = 0;
     for (expires_at, table, name) in &due {
         index.remove((*expires_at, table.as_str(), name.as_str()))?;
+        let Some(kind) = Expiring::from_name(table) else {
+            continue;
+        };
+        let mut data = txn.open_table(kind.table())?;
         // A later write may have extended the record; only drop it when it really expired.
         let expired = match data.get(name.as_str())? {
             Some(value) => split_value(value.value()).0 <= now,
@@ -225,82 +431,4 @@ fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, redb::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use uuid::Uuid;
-
-    fn record(expires_at_ms: u64) -> IdempotencyRecord {
-        IdempotencyRecord {
-            event_id: Uuid::now_v7(),
-            event_type: "OrderPlaced".into(),
-            schema_version: "1.0".parse().unwrap(),
-            correlation_id: "c".into(),
-            causation_id: None,
-            occurred_at: crate::envelope::now_rfc3339(),
-            confirmed: false,
-            expires_at_ms,
-        }
-    }
-
-    fn temp_dir() -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("causeway-store-{}", Uuid::now_v7()))
-    }
-
-    #[tokio::test]
-    async fn records_survive_a_reopen() {
-        let dir = temp_dir();
-        let stored = record(now_ms() + 60_000);
-        {
-            let store = EmbeddedStore::open(&dir).unwrap();
-            store.put_key("k1", stored.clone()).await.unwrap();
-        }
-        // The writer thread ends when its last sender is dropped; the file lock with it.
-        let store = loop {
-            match EmbeddedStore::open(&dir) {
-                Ok(store) => break store,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        assert_eq!(store.get_key("k1").await.unwrap(), Some(stored));
-        assert_eq!(store.get_key("k2").await.unwrap(), None);
-        drop(store);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[tokio::test]
-    async fn expired_records_are_invisible_and_swept() {
-        let dir = temp_dir();
-        let store = EmbeddedStore::open(&dir).unwrap();
-        store.put_key("old", record(now_ms() - 1)).await.unwrap();
-        store
-            .put_key("new", record(now_ms() + 60_000))
-            .await
-            .unwrap();
-        assert_eq!(store.get_key("old").await.unwrap(), None);
-        let removed = store.write(|txn| sweep(txn, now_ms())).await.unwrap();
-        assert_eq!(removed, 1);
-        assert!(store.get_key("new").await.unwrap().is_some());
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[tokio::test]
-    async fn concurrent_writes_all_land() {
-        let dir = temp_dir();
-        let store = EmbeddedStore::open(&dir).unwrap();
-        let writes = (0..200).map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .put_key(&format!("key-{i}"), record(now_ms() + 60_000))
-                    .await
-            })
-        });
-        for write in writes.collect::<Vec<_>>() {
-            write.await.unwrap().unwrap();
-        }
-        for i in 0..200 {
-            assert!(store.get_key(&format!("key-{i}")).await.unwrap().is_some());
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+mod tests;

@@ -1,0 +1,158 @@
+use super::*;
+use uuid::Uuid;
+
+fn record(expires_at_ms: u64) -> IdempotencyRecord {
+    IdempotencyRecord {
+        event_id: Uuid::now_v7(),
+        event_type: "OrderPlaced".into(),
+        schema_version: "1.0".parse().unwrap(),
+        correlation_id: "c".into(),
+        causation_id: None,
+        occurred_at: crate::envelope::now_rfc3339(),
+        confirmed: false,
+        expires_at_ms,
+    }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        TempDir(std::env::temp_dir().join(format!("causeway-store-{}", Uuid::now_v7())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn reopen(dir: &Path) -> EmbeddedStore {
+    // The writer thread ends when its last sender is dropped, and the file lock with it.
+    for _ in 0..500 {
+        if let Ok(store) = EmbeddedStore::open(dir) {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the store could not be reopened");
+}
+
+#[tokio::test]
+async fn records_survive_a_reopen() {
+    let dir = TempDir::new();
+    let stored = record(now_ms() + 60_000);
+    {
+        let store = EmbeddedStore::open(&dir.0).unwrap();
+        store.put_key("k1", stored.clone()).await.unwrap();
+        store
+            .complete("sub/e1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        store.save_subscription("orders", b"{}".to_vec()).await.unwrap();
+    }
+    let store = reopen(&dir.0).await;
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(stored));
+    assert_eq!(store.get_key("k2").await.unwrap(), None);
+    assert_eq!(
+        store.claim("sub/e1", Duration::from_secs(5)).await.unwrap(),
+        Claim::Done
+    );
+    assert_eq!(
+        store.subscriptions().unwrap(),
+        [("orders".to_string(), b"{}".to_vec())]
+    );
+}
+
+#[tokio::test]
+async fn expired_records_are_invisible_and_swept() {
+    let dir = TempDir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    store.put_key("old", record(now_ms() - 1)).await.unwrap();
+    store.put_key("new", record(now_ms() + 60_000)).await.unwrap();
+    store
+        .complete("sub/old-event", Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.get_key("old").await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim("sub/old-event", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Claim::Acquired,
+        "an expired dedup record no longer blocks delivery"
+    );
+    let removed = store.write(|txn| sweep(txn, now_ms())).await.unwrap();
+    assert_eq!(removed, 2);
+    assert!(store.get_key("new").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_claim_is_exclusive_until_released_or_completed() {
+    let dir = TempDir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    let lease = Duration::from_secs(30);
+    assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Acquired);
+    assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Busy);
+    assert_eq!(store.claim("other/e", lease).await.unwrap(), Claim::Acquired);
+    store.release("s/e").await.unwrap();
+    assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Acquired);
+    store.complete("s/e", lease).await.unwrap();
+    assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Done);
+}
+
+#[tokio::test]
+async fn an_expired_lease_can_be_claimed_again() {
+    let dir = TempDir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    assert_eq!(
+        store.claim("s/e", Duration::from_millis(1)).await.unwrap(),
+        Claim::Acquired
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store.claim("s/e", Duration::from_secs(5)).await.unwrap(),
+        Claim::Acquired
+    );
+}
+
+#[tokio::test]
+async fn correlations_are_remembered_lazily_and_found_later() {
+    let dir = TempDir::new();
+    {
+        let store = EmbeddedStore::open(&dir.0).unwrap();
+        store
+            .remember_correlation("e1", "flow-1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(store.correlation_of("e1").unwrap().as_deref(), Some("flow-1"));
+        // A durable commit after a lazy one makes both durable.
+        store.complete("s/e1", Duration::from_secs(60)).await.unwrap();
+    }
+    let store = reopen(&dir.0).await;
+    assert_eq!(store.correlation_of("e1").unwrap().as_deref(), Some("flow-1"));
+    assert_eq!(store.correlation_of("e2").unwrap(), None);
+}
+
+#[tokio::test]
+async fn concurrent_writes_all_land() {
+    let dir = TempDir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    let writes = (0..200).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .put_key(&format!("key-{i}"), record(now_ms() + 60_000))
+                .await
+        })
+    });
+    for write in writes.collect::<Vec<_>>() {
+        write.await.unwrap().unwrap();
+    }
+    for i in 0..200 {
+        assert!(store.get_key(&format!("key-{i}")).await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,255 @@
+//! Subscriptions: which events a service wants, where the app takes them, and how hard to
+//! try. Checked here, once, whether they come from the config file or the API.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{is_valid_event_type, routing_key};
+
+/// One subscription, as the API and the config file describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// The event type to receive.
+    pub event_type: String,
+    /// The major versions accepted; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<u32>>,
+    /// The app's path for deliveries, such as `/events/order-placed`.
+    pub route: String,
+    /// POST attempts before an event is dead-lettered.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Upper bound of the first retry delay.
+    #[serde(default = "defaults::backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Largest retry delay.
+    #[serde(default = "defaults::backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// Deliveries in flight at once for this subscription in this sidecar.
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: u16,
+    /// One event at a time across all replicas, in queue order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// How long one POST to the app may take.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+mod defaults {
+    pub(super) fn max_attempts() -> u32 {
+        5
+    }
+    pub(super) fn backoff_initial_ms() -> u64 {
+        1_000
+    }
+    pub(super) fn backoff_max_ms() -> u64 {
+        300_000
+    }
+    pub(super) fn concurrency() -> u16 {
+        16
+    }
+    pub(super) fn timeout_ms() -> u64 {
+        10_000
+    }
+}
+
+/// A field of a subscription that is wrong, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldProblem {
+    /// The field's name.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// A checked subscription with its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The name: the queue is `{service}.{name}`.
+    pub name: String,
+    /// What it asks for.
+    pub spec: SubscriptionSpec,
+}
+
+/// Where a subscription was defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The config file; read-only over the API.
+    Config,
+    /// `PUT /v1/subscriptions/{name}`; kept in the data directory.
+    Api,
+}
+
+/// Whether `name` can name a subscription: 1-100 of `[A-Za-z0-9_-]`, starting with a letter
+/// or digit. Dots are kept out so that `{service}.{name}` parses back unambiguously.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Subscription {
+    /// Checks every field and returns all the problems found.
+    pub fn new(name: &str, spec: SubscriptionSpec) -> Result<Self, Vec<FieldProblem>> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, field: &'static str, message: &str| {
+            if !ok {
+                problems.push(FieldProblem {
+                    field,
+                    message: message.to_owned(),
+                });
+            }
+        };
+        check(
+            is_valid_name(name),
+            "name",
+            "must be 1-100 letters, digits, '-' or '_', starting with a letter or digit",
+        );
+        check(
+            is_valid_event_type(&spec.event_type),
+            "event_type",
+            "must match ^[A-Za-z][A-Za-z0-9_.-]{0,127}$",
+        );
+        if let Some(versions) = &spec.versions {
+            check(!versions.is_empty(), "versions", "must list at least one major version, or be left out for all");
+            check(versions.len() <= 32, "versions", "at most 32 major versions");
+        }
+        check(
+            spec.route.starts_with('/')
+                && spec.route.len() <= 1024
+                && spec.route.bytes().all(|b| b.is_ascii_graphic()),
+            "route",
+            "must be a path starting with '/', without spaces, at most 1024 characters",
+        );
+        check((1..=100).contains(&spec.max_attempts), "max_attempts", "must be from 1 to 100");
+        check(
+            (1..=3_600_000).contains(&spec.backoff_initial_ms),
+            "backoff_initial_ms",
+            "must be from 1 to 3600000",
+        );
+        check(
+            (spec.backoff_initial_ms..=86_400_000).contains(&spec.backoff_max_ms),
+            "backoff_max_ms",
+            "must be at least backoff_initial_ms and at most 86400000 (a day)",
+        );
+        check((1..=1000).contains(&spec.concurrency), "concurrency", "must be from 1 to 1000");
+        check(
+            (1..=3_600_000).contains(&spec.timeout_ms),
+            "timeout_ms",
+            "must be from 1 to 3600000",
+        );
+        if problems.is_empty() {
+            Ok(Subscription {
+                name: name.to_owned(),
+                spec,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The routing keys to bind: one per accepted major, or every major.
+    pub fn binding_keys(&self) -> Vec<String> {
+        match &self.spec.versions {
+            Some(majors) => {
+                let mut majors = majors.clone();
+                majors.sort_unstable();
+                majors.dedup();
+                majors
+                    .into_iter()
+                    .map(|major| routing_key(&self.spec.event_type, major))
+                    .collect()
+            }
+            None => vec![format!("{}.*", self.spec.event_type)],
+        }
+    }
+
+    /// Deliveries in flight at once: one when ordered.
+    pub fn concurrency(&self) -> u16 {
+        if self.spec.ordered {
+            1
+        } else {
+            self.spec.concurrency
+        }
+    }
+
+    /// How long one POST may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> SubscriptionSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_in_what_is_left_out() {
+        let s = spec(r#"{"event_type":"OrderPlaced","route":"/events"}"#);
+        assert_eq!(s.max_attempts, 5);
+        assert_eq!(s.backoff_initial_ms, 1000);
+        assert_eq!(s.backoff_max_ms, 300_000);
+        assert_eq!(s.concurrency, 16);
+        assert!(!s.ordered);
+        assert_eq!(s.timeout_ms, 10_000);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let s = spec(
+            r#"{"event_type":"1x","route":"events","max_attempts":0,"backoff_initial_ms":10,
+                "backoff_max_ms":5,"concurrency":0,"timeout_ms":0,"versions":[]}"#,
+        );
+        let fields: Vec<_> = Subscription::new("bad.name", s)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "name",
+                "event_type",
+                "versions",
+                "route",
+                "max_attempts",
+                "backoff_max_ms",
+                "concurrency",
+                "timeout_ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let error = serde_json::from_str::<SubscriptionSpec>(
+            r#"{"event_type":"A","route":"/a","retries":3}"#,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("retries"), "{error}");
+    }
+
+    #[test]
+    fn bindings_follow_the_versions() {
+        let all = Subscription::new("a", spec(r#"{"event_type":"OrderPlaced","route":"/a"}"#))
+            .unwrap();
+        assert_eq!(all.binding_keys(), ["OrderPlaced.*"]);
+        let some = Subscription::new(
+            "a",
+            spec(r#"{"event_type":"OrderPlaced","route":"/a","versions":[2,1,2]}"#),
+        )
+        .unwrap();
+        assert_eq!(some.binding_keys(), ["OrderPlaced.v1", "OrderPlaced.v2"]);
+    }
+}
