@@ -62,6 +62,9 @@ pub enum Rejected {
     /// The idempotency store failed; nothing was published.
     #[error("idempotency store: {0}")]
     Store(#[from] StoreError),
+    /// Another request with the same key did not finish within the confirm timeout.
+    #[error("a request with this Idempotency-Key is still in progress")]
+    KeyBusy,
     /// The key was first used for another event type.
     #[error("the Idempotency-Key was first used for event type {first}")]
     KeyReused {
@@ -113,6 +116,11 @@ impl PublishService {
         self.publisher.is_connected()
     }
 
+    /// The broker link's state name: connected, blocked or disconnected.
+    pub fn link_state(&self) -> &'static str {
+        self.publisher.link_state()
+    }
+
     /// Publishes one event and returns once the broker confirmed it.
     pub async fn publish(&self, request: PublishRequest) -> Result<Accepted, Rejected> {
         let Some(key) = request.idempotency_key.clone() else {
@@ -122,7 +130,10 @@ impl PublishService {
         // One request per key at a time in this sidecar: a concurrent retry waits for the
         // first attempt's outcome instead of racing it.
         let store_key = format!("{}/{}", self.source, key);
-        let _guard = self.locks.lock(&store_key).await;
+        let wait = self.publisher.confirm_timeout();
+        let Ok(_guard) = tokio::time::timeout(wait, self.locks.lock(&store_key)).await else {
+            return Err(Rejected::KeyBusy);
+        };
         let earlier = self.keys.get_key(&store_key).await?;
         if let Some(record) = &earlier {
             if record.event_type != request.event_type {
@@ -151,7 +162,18 @@ impl PublishService {
         if earlier.is_none() {
             self.keys.put_key(&store_key, record.clone()).await?;
         }
-        let accepted = self.send((envelope, trace)).await?;
+        let accepted = match self.send((envelope, trace)).await {
+            Ok(accepted) => accepted,
+            Err(Rejected::Broker(error)) if earlier.is_none() && !error.outcome_unknown() => {
+                // Nothing was published: the key names no event yet, and a later request
+                // with it starts afresh.
+                if let Err(store_error) = self.keys.remove_key(&store_key).await {
+                    warn!(error = %store_error, "cannot forget an unused idempotency key");
+                }
+                return Err(Rejected::Broker(error));
+            }
+            Err(rejected) => return Err(rejected),
+        };
         record.confirmed = true;
         if let Err(error) = self.keys.put_key(&store_key, record).await {
             // The event is on the broker; a retry would publish the same event_id again,
@@ -203,9 +225,22 @@ impl PublishService {
         (envelope, trace): (Envelope, TraceContext),
     ) -> Result<Accepted, Rejected> {
         let properties = envelope.properties(&trace)?;
-        self.publisher
+        let published = self
+            .publisher
             .publish(&envelope.routing_key(), &envelope.to_json(), properties)
-            .await?;
+            .await;
+        if let Err(error) = published {
+            warn!(
+                %error,
+                outcome_unknown = error.outcome_unknown(),
+                event_id = %envelope.event_id,
+                event_type = %envelope.event_type,
+                correlation_id = %envelope.correlation_id,
+                causation_id = envelope.causation_id.as_deref(),
+                "publish failed"
+            );
+            return Err(error.into());
+        }
         Ok(Accepted {
             event_id: envelope.event_id,
             event_type: envelope.event_type,

@@ -63,6 +63,9 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         key: &'a str,
         record: IdempotencyRecord,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Forgets `key` (its first publish certainly failed, so it names no event).
+    fn remove_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// What a claim on an event found.

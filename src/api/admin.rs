@@ -41,7 +41,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
     };
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
-        "broker": if broker { "connected" } else { "disconnected" },
+        "broker": state.publish.link_state(),
         "draining": draining,
     });
     (status, Json(body))

@@ -8,7 +8,7 @@ use axum::{
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::value::RawValue;
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::{ApiState, problem::Problem};
 use crate::{
@@ -198,27 +198,30 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<Vec<u8
 /// The answer for a publish that did not go through.
 fn problem_for(rejected: Rejected) -> Problem {
     match rejected {
-        Rejected::Broker(error) if error.outcome_unknown() => {
-            warn!(%error, "publish outcome unknown");
-            Problem::new(
+        Rejected::Broker(error) if error.outcome_unknown() => Problem::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "confirm-timeout",
                 "Broker did not confirm",
                 "the broker did not confirm the event in time; it may or may not be published: \
                  retry with the same Idempotency-Key",
-            )
-        }
+            ),
         Rejected::Broker(error) => {
             let retry_after = match error {
                 PublishError::Disconnected => 5,
                 _ => 1,
             };
-            warn!(%error, "publish failed");
             Problem::unavailable(
                 format!("the broker is unavailable ({error}); nothing was published"),
                 retry_after,
             )
         }
+        Rejected::KeyBusy => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-progress",
+            "Idempotency-Key in progress",
+            "another request with this Idempotency-Key is still in progress; retry it later",
+        )
+        .retry_after(1),
         Rejected::KeyReused { first } => Problem::new(
             StatusCode::CONFLICT,
             "idempotency-key-reused",

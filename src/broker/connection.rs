@@ -37,6 +37,15 @@ impl Link {
     pub fn is_up(&self) -> bool {
         matches!(self, Link::Up(_))
     }
+
+    /// The state's name, as `/readyz` reports it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Link::Down => "disconnected",
+            Link::Up(_) => "connected",
+            Link::Blocked(_) => "blocked",
+        }
+    }
 }
 
 /// How often the channel's health and the unrouted queue are checked while connected.

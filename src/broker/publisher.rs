@@ -84,6 +84,16 @@ impl Publisher {
         self.link.borrow().is_up()
     }
 
+    /// The longest a publish waits for its confirm.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.confirm_timeout
+    }
+
+    /// The link's state name: connected, blocked or disconnected.
+    pub fn link_state(&self) -> &'static str {
+        self.link.borrow().name()
+    }
+
     /// Publishes one message (mandatory, so a missing route cannot pass unnoticed) and
     /// waits for the broker's confirm.
     pub async fn publish(

@@ -305,6 +305,19 @@ impl IdempotencyStore for EmbeddedStore {
                 .await
         })
     }
+
+    fn remove_key<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = key.to_owned();
+            // The expiry index entry stays; the sweeper skips keys that are gone.
+            self.write(move |txn| {
+                txn.open_table(Expiring::Idempotency.table())?
+                    .remove(key.as_str())?;
+                Ok(())
+            })
+            .await
+        })
+    }
 }
 
 impl DedupStore for EmbeddedStore {
