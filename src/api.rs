@@ -1,13 +1,15 @@
 //! The HTTP surfaces: the app-facing API and the admin listener.
 //!
-//! `router(state)` builds the app API (publish, and later subscriptions and dead letters);
+//! `router(state)` builds the app API (publish, subscriptions, dead letters);
 //! `admin::router(state)` builds `/healthz` and `/readyz`. Both answer every error as
 //! problem+json.
 
 pub mod admin;
 mod auth;
+mod body;
 pub mod problem;
 mod publish;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -15,10 +17,16 @@ use axum::{
     Router,
     http::{Method, Uri},
     middleware,
-    routing::post,
+    routing::{get, post, put},
 };
+use tokio::sync::watch;
 
-use crate::{health::Health, publish::PublishService};
+use crate::{
+    delivery::{DeadLetters, States},
+    health::Health,
+    publish::PublishService,
+    subscription::Registry,
+};
 use problem::Problem;
 
 /// What the API handlers share.
@@ -32,12 +40,35 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
+    /// The service name, prefix of its queues.
+    pub service: Arc<str>,
+    /// The desired subscriptions.
+    pub registry: Arc<Registry>,
+    /// How each subscription's consumer is doing.
+    pub states: watch::Receiver<States>,
+    /// Dead-letter operations.
+    pub dead_letters: DeadLetters,
 }
 
 /// The app-facing API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/publish/{event_type}", post(publish::publish))
+        .route("/v1/subscriptions", get(subscriptions::list))
+        .route(
+            "/v1/subscriptions/{name}",
+            put(subscriptions::put)
+                .get(subscriptions::get)
+                .delete(subscriptions::delete),
+        )
+        .route(
+            "/v1/subscriptions/{name}/dead-letters",
+            get(subscriptions::list_dead_letters).delete(subscriptions::purge_dead_letters),
+        )
+        .route(
+            "/v1/subscriptions/{name}/dead-letters/replay",
+            post(subscriptions::replay_dead_letters),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

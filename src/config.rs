@@ -16,6 +16,9 @@ use std::{
 };
 
 use lapin::uri::{AMQPScheme, AMQPUri};
+use serde::Deserialize;
+
+use crate::subscription::{Subscription, SubscriptionSpec};
 
 /// The variable that names the optional config file when `--config` is not given.
 pub const CONFIG_FILE_VAR: &str = "CAUSEWAY_CONFIG";
@@ -49,6 +52,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log line format.
     pub log_format: LogFormat,
+    /// The subscriptions of the config file (`[[subscriptions]]`).
+    pub subscriptions: Vec<Subscription>,
 }
 
 /// Everything the broker link needs.
@@ -179,7 +184,7 @@ impl<'a> Reader<'a> {
             }
         };
         for key in table.keys() {
-            if !KEYS.contains(&key.as_str()) {
+            if !KEYS.contains(&key.as_str()) && key != "subscriptions" {
                 let problem = format!("unknown key (known keys: {})", KEYS.join(", "));
                 self.invalid(format!("{key} in {name}"), problem);
             }
@@ -260,7 +265,7 @@ impl<'a> Reader<'a> {
 
     fn read(&mut self) -> Option<Config> {
         // Read every key before combining, so that every problem is reported at once.
-        let service = self.get("service", None, parse_name);
+        let service = self.get("service", None, |v| parse_name(v, 100));
         let api_addr = self.get("api_addr", Some("127.0.0.1:7070"), parse_addr);
         let admin_addr = self.get("admin_addr", Some("0.0.0.0:7071"), parse_addr);
         let amqp_url = self.get(
@@ -268,8 +273,10 @@ impl<'a> Reader<'a> {
             Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
             parse_amqp_url,
         );
-        let exchange = self.get("exchange", Some("causeway.events"), parse_name);
-        let unrouted = self.get("unrouted_queue", Some("causeway.unrouted"), parse_name);
+        let exchange = self.get("exchange", Some("causeway.events"), |v| parse_name(v, 200));
+        let unrouted = self.get("unrouted_queue", Some("causeway.unrouted"), |v| {
+            parse_name(v, 200)
+        });
         let app_url = self.get("app_url", Some("http://127.0.0.1:8080"), parse_http_url);
         let data_dir = self.get("data_dir", Some("/var/lib/causeway"), parse_path);
         let dedup_url = self.optional("dedup_url", parse_redis_url);
@@ -282,6 +289,7 @@ impl<'a> Reader<'a> {
         let dedup_retention = self.get("dedup_retention", Some("7d"), parse_duration);
         let shutdown_grace = self.get("shutdown_grace", Some("20s"), parse_duration);
         let log_format = self.get("log_format", Some("json"), parse_log_format);
+        let subscriptions = self.subscriptions();
         Some(Config {
             service: service?,
             api_addr: api_addr?,
@@ -303,14 +311,83 @@ impl<'a> Reader<'a> {
             dedup_retention: dedup_retention?,
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
+            subscriptions: subscriptions?,
         })
+    }
+
+    /// The `[[subscriptions]]` of the file, each with a `name` and the fields of the API.
+    fn subscriptions(&mut self) -> Option<Vec<Subscription>> {
+        let Some((file, table)) = &self.file else {
+            return Some(Vec::new());
+        };
+        let Some(value) = table.get("subscriptions") else {
+            return Some(Vec::new());
+        };
+        let file = file.clone();
+        let Some(entries) = value.as_array() else {
+            self.invalid(
+                format!("subscriptions in {file}"),
+                "expected [[subscriptions]] tables".into(),
+            );
+            return None;
+        };
+        let mut problems = Vec::new();
+        let mut subscriptions: Vec<Subscription> = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let origin = format!("subscriptions[{index}] in {file}");
+            let Some(mut fields) = entry.as_table().cloned() else {
+                problems.push(Invalid {
+                    origin,
+                    problem: "expected a table".into(),
+                });
+                continue;
+            };
+            let name = match fields.remove("name") {
+                Some(toml::Value::String(name)) => name,
+                _ => {
+                    problems.push(Invalid {
+                        origin,
+                        problem: "needs a name = \"...\"".into(),
+                    });
+                    continue;
+                }
+            };
+            let origin = format!("subscriptions[{index}] ({name}) in {file}");
+            let spec = match SubscriptionSpec::deserialize(toml::Value::Table(fields)) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    problems.push(Invalid {
+                        origin,
+                        problem: error.message().to_owned(),
+                    });
+                    continue;
+                }
+            };
+            if subscriptions.iter().any(|s| s.name == name) {
+                problems.push(Invalid {
+                    origin,
+                    problem: "the name is used twice".into(),
+                });
+                continue;
+            }
+            match Subscription::new(&name, spec) {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(fields) => problems.extend(fields.into_iter().map(|p| Invalid {
+                    origin: format!("subscriptions[{index}] ({name}).{} in {file}", p.field),
+                    problem: p.message,
+                })),
+            }
+        }
+        let ok = problems.is_empty();
+        self.errors.extend(problems);
+        ok.then_some(subscriptions)
     }
 }
 
 /// A name usable in AMQP exchange and queue names: the service, the exchange.
-fn parse_name(value: &str) -> Result<String, String> {
+fn parse_name(value: &str, max: usize) -> Result<String, String> {
     let valid = !value.is_empty()
-        && value.len() <= 200
+        && value.len() <= max
         && value.starts_with(|c: char| c.is_ascii_alphanumeric())
         && value
             .chars()
@@ -318,7 +395,9 @@ fn parse_name(value: &str) -> Result<String, String> {
     if valid {
         Ok(value.to_owned())
     } else {
-        Err("expected 1-200 characters of letters, digits, '-', '_', '.', ':', starting with a letter or digit".into())
+        Err(format!(
+            "expected 1-{max} characters of letters, digits, '-', '_', '.', ':', starting with a letter or digit"
+        ))
     }
 }
 

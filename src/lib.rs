@@ -18,11 +18,12 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod health;
 pub mod publish;
 pub mod shutdown;
 pub mod sidecar;
 pub mod store;
-pub mod telemetry;
 pub mod subscription;
+pub mod telemetry;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     broker::{PublishError, Publisher},
     envelope::{Envelope, SchemaVersion, TraceContext, now_rfc3339},
-    store::{IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
+    store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
 };
 use key_locks::KeyLocks;
 
@@ -82,6 +82,7 @@ pub struct PublishService {
     source: Arc<str>,
     publisher: Publisher,
     keys: Arc<dyn IdempotencyStore>,
+    causes: Arc<dyn CorrelationMemory>,
     locks: Arc<KeyLocks>,
     retention: Duration,
 }
@@ -100,12 +101,14 @@ impl PublishService {
         source: &str,
         publisher: Publisher,
         keys: Arc<dyn IdempotencyStore>,
+        causes: Arc<dyn CorrelationMemory>,
         retention: Duration,
     ) -> Self {
         PublishService {
             source: source.into(),
             publisher,
             keys,
+            causes,
             locks: Arc::default(),
             retention,
         }
@@ -122,7 +125,10 @@ impl PublishService {
     }
 
     /// Publishes one event and returns once the broker confirmed it.
-    pub async fn publish(&self, request: PublishRequest) -> Result<Accepted, Rejected> {
+    pub async fn publish(&self, mut request: PublishRequest) -> Result<Accepted, Rejected> {
+        if request.correlation_id.is_none() {
+            request.correlation_id = self.inherited_correlation(request.causation_id.as_deref());
+        }
         let Some(key) = request.idempotency_key.clone() else {
             let envelope = self.envelope(request, None);
             return self.send(envelope).await;
@@ -181,6 +187,18 @@ impl PublishService {
             warn!(%error, event_id = %accepted.event_id, "cannot mark the idempotency key confirmed");
         }
         Ok(accepted)
+    }
+
+    /// The correlation id of the causing event, when this sidecar delivered it: an app that
+    /// reacts to an event only has to echo its id in `X-Causation-ID` to stay in the flow.
+    fn inherited_correlation(&self, causation_id: Option<&str>) -> Option<String> {
+        match self.causes.correlation_of(causation_id?) {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "cannot look up the causing event's correlation id");
+                None
+            }
+        }
     }
 
     /// Builds the envelope, reusing the identity of an unconfirmed earlier attempt.

@@ -2,10 +2,13 @@
 //!
 //! Shutdown order, once `shutdown` is cancelled:
 //! 1. not ready, and new publishes get 503 (the draining flag);
-//! 2. the API stops accepting and finishes the requests in flight, whose confirms are still
-//!    awaited on the open broker connection, for at most the grace period;
-//! 3. the broker connection closes;
-//! 4. the admin listener and the store stop.
+//! 2. at the same time, within the grace period: the API stops accepting and finishes the
+//!    requests in flight, whose confirms are still awaited on the open publishing
+//!    connection; the consumers stop taking deliveries, let those in flight finish, and
+//!    close their connection, which returns the rest to the broker;
+//! 3. the publishing connection closes;
+//! 4. the admin listener stops; the store's writer thread ends when the last handle to it
+//!    is dropped, after its queued writes.
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,9 +20,11 @@ use crate::{
     api::{self, ApiState, admin::AdminState},
     broker::{Connector, Publisher},
     config::Config,
+    delivery::{AppClient, Counters, DeadLetters, Supervisor, SupervisorConfig},
     health::Health,
     publish::PublishService,
-    store::{EmbeddedStore, StoreError},
+    store::{DedupStore, EmbeddedStore, RedisDedup, StoreError},
+    subscription::Registry,
 };
 
 /// Why the sidecar could not start or stopped abnormally.
@@ -37,6 +42,9 @@ pub enum SidecarError {
         #[source]
         source: io::Error,
     },
+    /// The HTTP client for the app could not be built.
+    #[error("cannot build the app client: {0}")]
+    AppClient(#[from] reqwest::Error),
     /// A listener failed while serving.
     #[error("the {name} listener failed: {source}")]
     Serve {
@@ -51,6 +59,12 @@ pub enum SidecarError {
 /// Runs the sidecar until `shutdown` is cancelled, then drains it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
     let store = EmbeddedStore::open(&config.data_dir)?;
+    let dedup: Arc<dyn DedupStore> = match &config.dedup_url {
+        Some(url) => Arc::new(RedisDedup::connect(url, &config.service).await?),
+        None => Arc::new(store.clone()),
+    };
+    let registry = Arc::new(Registry::load(config.subscriptions.clone(), store.clone())?);
+    let app = AppClient::new(&config.app_url)?;
     let api_listener = bind(config.api_addr).await?;
     let admin_listener = bind(config.admin_addr).await?;
     info!(
@@ -63,6 +77,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let broker_shutdown = CancellationToken::new();
     let (connector, link) = Connector::new(config.broker.clone(), &config.service);
     let broker_task = tokio::spawn(connector.run(broker_shutdown.clone()));
+    let (supervisor, states) = Supervisor::new(
+        SupervisorConfig {
+            broker: config.broker.clone(),
+            service: config.service.clone(),
+            retention: config.dedup_retention,
+            grace: config.shutdown_grace,
+        },
+        registry.watch(),
+        app,
+        dedup,
+        store.clone(),
+        Arc::new(Counters::default()),
+    );
+    let consumers_task = tokio::spawn(supervisor.run(shutdown.clone()));
     let sweeper_task = tokio::spawn(store.clone().run_sweeper(shutdown.clone()));
 
     let publisher = Publisher::new(
@@ -74,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let publish = PublishService::new(
         &config.service,
         publisher,
+        Arc::new(store.clone()),
         Arc::new(store),
         config.dedup_retention,
     );
@@ -83,6 +112,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         health: health.clone(),
         token: config.api_token.as_deref().map(Arc::from),
         max_body: config.max_body,
+        service: config.service.as_str().into(),
+        registry,
+        states: states.clone(),
+        dead_letters: DeadLetters::new(&config.broker.url),
     };
     let admin_shutdown = CancellationToken::new();
     let mut api_task = serve(
@@ -97,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         api::admin::router(AdminState {
             health: health.clone(),
             publish,
+            states,
         }),
         admin_shutdown.clone(),
     );
@@ -123,6 +157,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
             }
         }
     }
+    // The consumers drain within the grace period on their own (they saw `shutdown`).
+    let _ = consumers_task.await;
     broker_shutdown.cancel();
     let _ = broker_task.await;
     admin_shutdown.cancel();

@@ -86,7 +86,11 @@ pub enum Claim {
 /// success: only `complete`, called after the app's 2xx, marks an event done.
 pub trait DedupStore: Send + Sync + 'static {
     /// Claims `key` for one delivery, for at most `lease`.
-    fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim, StoreError>>;
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Claim, StoreError>>;
 
     /// Records `key` as done, durably, for `retention`; ends the claim.
     fn complete<'a>(
@@ -97,6 +101,13 @@ pub trait DedupStore: Send + Sync + 'static {
 
     /// Ends a claim without marking the event done (the delivery failed).
     fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Finds the correlation id of an event this sidecar delivered, so that the events an app
+/// publishes in reaction (naming it in `X-Causation-ID`) join the same flow.
+pub trait CorrelationMemory: Send + Sync + 'static {
+    /// The correlation id of `event_id`, when it was delivered here within the retention.
+    fn correlation_of(&self, event_id: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// A store operation that failed.

@@ -1,9 +1,13 @@
 //! Subscriptions: which events a service wants, where the app takes them, and how hard to
 //! try. Checked here, once, whether they come from the config file or the API.
 
+mod registry;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use registry::{Registry, RegistryError};
 
 use crate::envelope::{is_valid_event_type, routing_key};
 
@@ -118,8 +122,16 @@ impl Subscription {
             "must match ^[A-Za-z][A-Za-z0-9_.-]{0,127}$",
         );
         if let Some(versions) = &spec.versions {
-            check(!versions.is_empty(), "versions", "must list at least one major version, or be left out for all");
-            check(versions.len() <= 32, "versions", "at most 32 major versions");
+            check(
+                !versions.is_empty(),
+                "versions",
+                "must list at least one major version, or be left out for all",
+            );
+            check(
+                versions.len() <= 32,
+                "versions",
+                "at most 32 major versions",
+            );
         }
         check(
             spec.route.starts_with('/')
@@ -128,7 +140,11 @@ impl Subscription {
             "route",
             "must be a path starting with '/', without spaces, at most 1024 characters",
         );
-        check((1..=100).contains(&spec.max_attempts), "max_attempts", "must be from 1 to 100");
+        check(
+            (1..=100).contains(&spec.max_attempts),
+            "max_attempts",
+            "must be from 1 to 100",
+        );
         check(
             (1..=3_600_000).contains(&spec.backoff_initial_ms),
             "backoff_initial_ms",
@@ -139,7 +155,11 @@ impl Subscription {
             "backoff_max_ms",
             "must be at least backoff_initial_ms and at most 86400000 (a day)",
         );
-        check((1..=1000).contains(&spec.concurrency), "concurrency", "must be from 1 to 1000");
+        check(
+            (1..=1000).contains(&spec.concurrency),
+            "concurrency",
+            "must be from 1 to 1000",
+        );
         check(
             (1..=3_600_000).contains(&spec.timeout_ms),
             "timeout_ms",
@@ -242,8 +262,8 @@ mod tests {
 
     #[test]
     fn bindings_follow_the_versions() {
-        let all = Subscription::new("a", spec(r#"{"event_type":"OrderPlaced","route":"/a"}"#))
-            .unwrap();
+        let all =
+            Subscription::new("a", spec(r#"{"event_type":"OrderPlaced","route":"/a"}"#)).unwrap();
         assert_eq!(all.binding_keys(), ["OrderPlaced.*"]);
         let some = Subscription::new(
             "a",

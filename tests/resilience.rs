@@ -94,7 +94,10 @@ async fn without_a_broker_publishes_fail_fast_with_503_and_it_is_not_ready() {
     assert_eq!(sidecar.readyz().await, 503);
     // A key whose publish certainly failed names no event: it can be used afresh.
     let keyed = [("Idempotency-Key", "never-published")];
-    assert_eq!(sidecar.publish("OrderPlaced", "{}", &keyed).await.status, 503);
+    assert_eq!(
+        sidecar.publish("OrderPlaced", "{}", &keyed).await.status,
+        503
+    );
     let other_type = sidecar.publish("OrderCancelled", "{}", &keyed).await;
     assert_eq!(other_type.status, 503, "{other_type:?}");
     sidecar

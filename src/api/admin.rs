@@ -3,7 +3,13 @@
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 
-use crate::{health::Health, publish::PublishService};
+use tokio::sync::watch;
+
+use crate::{
+    delivery::{State as ConsumerState, States},
+    health::Health,
+    publish::PublishService,
+};
 
 /// What the admin handlers read.
 #[derive(Clone, Debug)]
@@ -12,6 +18,8 @@ pub struct AdminState {
     pub health: Health,
     /// The publish path, for the broker link's state.
     pub publish: PublishService,
+    /// How each subscription's consumer is doing.
+    pub states: watch::Receiver<States>,
 }
 
 /// `/healthz` and `/readyz`.
@@ -29,11 +37,23 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the broker link is up and the sidecar is not draining.
+/// Ready when the broker link is up, every subscription is consuming, and the sidecar is
+/// not draining.
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
     let draining = state.health.is_draining();
     let broker = state.publish.is_connected();
-    let ready = broker && !draining;
+    let subscriptions: serde_json::Map<String, Value> = state
+        .states
+        .borrow()
+        .iter()
+        .map(|(name, s)| (name.clone(), Value::from(s.state.name())))
+        .collect();
+    let consuming = state
+        .states
+        .borrow()
+        .values()
+        .all(|s| s.state == ConsumerState::Consuming);
+    let ready = broker && consuming && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -42,6 +62,7 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "broker": state.publish.link_state(),
+        "subscriptions": subscriptions,
         "draining": draining,
     });
     (status, Json(body))

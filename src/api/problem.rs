@@ -26,6 +26,9 @@ pub struct Problem {
     /// Seconds after which a retry makes sense, also sent as `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u32>,
+    /// Each thing wrong with the request, when there are several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<serde_json::Value>,
 }
 
 fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -46,6 +49,7 @@ impl Problem {
             status,
             detail: detail.into(),
             retry_after: None,
+            errors: None,
         }
     }
 
@@ -63,6 +67,22 @@ impl Problem {
             "Bad request",
             detail,
         )
+    }
+
+    /// 422: well-formed, but not acceptable.
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            "Unprocessable request",
+            detail,
+        )
+    }
+
+    /// Adds the list of individual problems (`errors`).
+    pub fn with_errors(mut self, errors: impl serde::Serialize) -> Self {
+        self.errors = serde_json::to_value(errors).ok();
+        self
     }
 
     /// 401: the bearer token is missing or wrong.

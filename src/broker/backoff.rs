@@ -26,6 +26,11 @@ impl Backoff {
         self.attempt = 0;
     }
 
+    /// Moves `attempts` steps ahead, as if that many delays had been taken.
+    pub fn skip(&mut self, attempts: u32) {
+        self.attempt = self.attempt.saturating_add(attempts);
+    }
+
     /// The upper bound of the next delay, without jitter.
     pub fn bound(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);

@@ -2,7 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use lapin::{BasicProperties, Confirmation, options::BasicPublishOptions, types::ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, options::BasicPublishOptions, types::ShortString,
+};
 use tokio::{
     sync::{Semaphore, watch},
     time::{Instant, timeout_at},
@@ -114,32 +116,47 @@ impl Publisher {
             Link::Blocked(_) => return Err(PublishError::Blocked),
             Link::Down => return Err(PublishError::Disconnected),
         };
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let publish = channel.basic_publish(
+        publish_confirmed(
+            &channel,
             self.exchange.clone(),
             routing_key,
-            options,
             body,
             properties,
-        );
-        let confirm = match timeout_at(deadline, publish).await {
-            Ok(Ok(confirm)) => confirm,
-            Ok(Err(error)) => return Err(PublishError::Send(error)),
-            Err(_) => return Err(PublishError::Timeout),
-        };
-        match timeout_at(deadline, confirm).await {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                Err(PublishError::Returned(returned.reply_text.to_string()))
-            }
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            // The channel is put in confirm mode before the link goes up.
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
-            Ok(Err(error)) => Err(PublishError::Lost(error)),
-            Err(_) => Err(PublishError::Timeout),
+            deadline,
+        )
+        .await
+    }
+}
+
+/// Publishes one mandatory message on a channel in confirm mode and waits for its confirm
+/// until `deadline`. A nack, a return or a missing confirm is an error.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+    deadline: Instant,
+) -> Result<(), PublishError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let publish = channel.basic_publish(exchange, routing_key, options, body, properties);
+    let confirm = match timeout_at(deadline, publish).await {
+        Ok(Ok(confirm)) => confirm,
+        Ok(Err(error)) => return Err(PublishError::Send(error)),
+        Err(_) => return Err(PublishError::Timeout),
+    };
+    match timeout_at(deadline, confirm).await {
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            Err(PublishError::Returned(returned.reply_text.to_string()))
         }
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        // Channels are put in confirm mode before anyone publishes on them.
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        Ok(Err(error)) => Err(PublishError::Lost(error)),
+        Err(_) => Err(PublishError::Timeout),
     }
 }

@@ -132,3 +132,68 @@ fn a_missing_file_is_reported() {
     .unwrap_err();
     assert_eq!(origins(&error), ["/nonexistent/causeway.toml"]);
 }
+
+#[test]
+fn subscriptions_come_from_the_file_and_are_checked() {
+    let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("causeway.toml");
+    std::fs::write(
+        &path,
+        r#"
+service = "inventory"
+
+[[subscriptions]]
+name = "reserve-stock"
+event_type = "OrderPlaced"
+versions = [1, 2]
+route = "/events/order-placed"
+max_attempts = 3
+
+[[subscriptions]]
+name = "audit"
+event_type = "OrderPlaced"
+route = "/audit"
+"#,
+    )
+    .unwrap();
+    let config = Config::load(Some(&path), &HashMap::new()).unwrap();
+    let names: Vec<_> = config
+        .subscriptions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["reserve-stock", "audit"]);
+    assert_eq!(config.subscriptions[0].spec.max_attempts, 3);
+    assert_eq!(config.subscriptions[0].spec.versions, Some(vec![1, 2]));
+
+    std::fs::write(
+        &path,
+        r#"
+service = "inventory"
+
+[[subscriptions]]
+name = "a"
+event_type = "OrderPlaced"
+route = "no-slash"
+
+[[subscriptions]]
+event_type = "OrderPlaced"
+route = "/b"
+
+[[subscriptions]]
+name = "c"
+event_type = "OrderPlaced"
+route = "/c"
+retries = 4
+"#,
+    )
+    .unwrap();
+    let error = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+    let text = error.to_string();
+    assert_eq!(error.0.len(), 3, "{text}");
+    assert!(text.contains("subscriptions[0] (a).route"), "{text}");
+    assert!(text.contains("subscriptions[1]"), "{text}");
+    assert!(text.contains("retries"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

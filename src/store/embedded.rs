@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BoxFuture, Claim, DedupStore, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after,
-    now_ms,
+    BoxFuture, Claim, CorrelationMemory, DedupStore, IdempotencyRecord, IdempotencyStore,
+    StoreError, expiry_after, now_ms,
 };
 
 /// Tables whose values are an expiry (8 bytes, big-endian, ms since the epoch) then data.
@@ -233,13 +233,6 @@ impl EmbeddedStore {
         .await
     }
 
-    /// The correlation id of an event delivered here, if it is remembered.
-    pub fn correlation_of(&self, event_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .get_expiring(Expiring::Correlations, event_id)?
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
-    }
-
     /// Stores an API-made subscription's spec (JSON), durably.
     pub async fn save_subscription(&self, name: &str, spec: Vec<u8>) -> Result<(), StoreError> {
         let name = name.to_owned();
@@ -255,7 +248,10 @@ impl EmbeddedStore {
     pub async fn delete_subscription(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.write(move |txn| {
-            let existed = txn.open_table(SUBSCRIPTIONS)?.remove(name.as_str())?.is_some();
+            let existed = txn
+                .open_table(SUBSCRIPTIONS)?
+                .remove(name.as_str())?
+                .is_some();
             Ok(existed)
         })
         .await
@@ -281,6 +277,14 @@ impl EmbeddedStore {
     }
 }
 
+impl CorrelationMemory for EmbeddedStore {
+    fn correlation_of(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get_expiring(Expiring::Correlations, event_id)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
 impl IdempotencyStore for EmbeddedStore {
     fn get_key<'a>(
         &'a self,
@@ -301,8 +305,14 @@ impl IdempotencyStore for EmbeddedStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let json = serde_json::to_vec(&record)?;
-            self.put_expiring(Expiring::Idempotency, key, &json, record.expires_at_ms, true)
-                .await
+            self.put_expiring(
+                Expiring::Idempotency,
+                key,
+                &json,
+                record.expires_at_ms,
+                true,
+            )
+            .await
         })
     }
 

@@ -65,7 +65,9 @@ fn redis_error(error: redis::RedisError) -> StoreError {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl DedupStore for RedisDedup {

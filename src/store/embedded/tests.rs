@@ -50,7 +50,10 @@ async fn records_survive_a_reopen() {
             .complete("sub/e1", Duration::from_secs(60))
             .await
             .unwrap();
-        store.save_subscription("orders", b"{}".to_vec()).await.unwrap();
+        store
+            .save_subscription("orders", b"{}".to_vec())
+            .await
+            .unwrap();
     }
     let store = reopen(&dir.0).await;
     assert_eq!(store.get_key("k1").await.unwrap(), Some(stored));
@@ -70,7 +73,10 @@ async fn expired_records_are_invisible_and_swept() {
     let dir = TempDir::new();
     let store = EmbeddedStore::open(&dir.0).unwrap();
     store.put_key("old", record(now_ms() - 1)).await.unwrap();
-    store.put_key("new", record(now_ms() + 60_000)).await.unwrap();
+    store
+        .put_key("new", record(now_ms() + 60_000))
+        .await
+        .unwrap();
     store
         .complete("sub/old-event", Duration::from_millis(1))
         .await
@@ -97,7 +103,10 @@ async fn a_claim_is_exclusive_until_released_or_completed() {
     let lease = Duration::from_secs(30);
     assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Acquired);
     assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Busy);
-    assert_eq!(store.claim("other/e", lease).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        store.claim("other/e", lease).await.unwrap(),
+        Claim::Acquired
+    );
     store.release("s/e").await.unwrap();
     assert_eq!(store.claim("s/e", lease).await.unwrap(), Claim::Acquired);
     store.complete("s/e", lease).await.unwrap();
@@ -128,12 +137,21 @@ async fn correlations_are_remembered_lazily_and_found_later() {
             .remember_correlation("e1", "flow-1", Duration::from_secs(60))
             .await
             .unwrap();
-        assert_eq!(store.correlation_of("e1").unwrap().as_deref(), Some("flow-1"));
+        assert_eq!(
+            store.correlation_of("e1").unwrap().as_deref(),
+            Some("flow-1")
+        );
         // A durable commit after a lazy one makes both durable.
-        store.complete("s/e1", Duration::from_secs(60)).await.unwrap();
+        store
+            .complete("s/e1", Duration::from_secs(60))
+            .await
+            .unwrap();
     }
     let store = reopen(&dir.0).await;
-    assert_eq!(store.correlation_of("e1").unwrap().as_deref(), Some("flow-1"));
+    assert_eq!(
+        store.correlation_of("e1").unwrap().as_deref(),
+        Some("flow-1")
+    );
     assert_eq!(store.correlation_of("e2").unwrap(), None);
 }
 

@@ -1,0 +1,273 @@
+//! `/v1/subscriptions`: make, list and remove subscriptions, and work their dead letters.
+
+use std::{collections::HashSet, time::Duration};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tracing::{error, info};
+
+use super::{ApiState, body::read_json, problem::Problem};
+use crate::{
+    delivery::{DeadLetterError, State as ConsumerState, topology::Queues},
+    subscription::{FieldProblem, Origin, RegistryError, Subscription, SubscriptionSpec},
+};
+
+/// How long a PUT waits for the consumer to be set up before answering.
+const SETUP_WAIT: Duration = Duration::from_secs(5);
+
+/// A subscription as the API shows it.
+#[derive(Debug, Serialize)]
+pub(super) struct View {
+    name: String,
+    origin: Origin,
+    queue: String,
+    dead_letter_queue: String,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(flatten)]
+    spec: SubscriptionSpec,
+}
+
+impl ApiState {
+    fn view(&self, subscription: &Subscription, origin: Origin) -> View {
+        let queues = Queues::new(&self.service, subscription);
+        let states = self.states.borrow();
+        let current = states
+            .get(&subscription.name)
+            .filter(|s| s.spec == subscription.spec);
+        let (state, error) = match current.map(|s| &s.state) {
+            Some(ConsumerState::Failed(error)) => ("failed", Some(error.clone())),
+            Some(state) => (state.name(), None),
+            None => ("starting", None),
+        };
+        View {
+            name: subscription.name.clone(),
+            origin,
+            queue: queues.main,
+            dead_letter_queue: queues.dlq,
+            state,
+            error,
+            spec: subscription.spec.clone(),
+        }
+    }
+
+    async fn find(&self, name: &str) -> Result<(Subscription, Origin), Problem> {
+        self.registry.get(name).await.ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "subscription-not-found",
+                "Subscription not found",
+                format!("there is no subscription named {name:?}"),
+            )
+        })
+    }
+}
+
+/// `PUT /v1/subscriptions/{name}`: creates (201) or replaces (200) an API-made
+/// subscription, and answers once its consumer runs or `SETUP_WAIT` has passed.
+pub(super) async fn put(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<View>), Problem> {
+    let spec: SubscriptionSpec = read_json(body, &headers, state.max_body).await?;
+    let subscription = Subscription::new(&name, spec).map_err(invalid)?;
+    let created = state
+        .registry
+        .put(subscription.clone())
+        .await
+        .map_err(registry_problem)?;
+    info!(subscription = %name, created, "subscription saved");
+    let mut states = state.states.clone();
+    let settled = states.wait_for(|states| {
+        states.get(&name).is_some_and(|s| {
+            s.spec == subscription.spec && !matches!(s.state, ConsumerState::Starting)
+        })
+    });
+    let _ = tokio::time::timeout(SETUP_WAIT, settled).await;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(state.view(&subscription, Origin::Api))))
+}
+
+/// `GET /v1/subscriptions`.
+pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
+    let views: Vec<View> = state
+        .registry
+        .list()
+        .await
+        .iter()
+        .map(|(subscription, origin)| state.view(subscription, *origin))
+        .collect();
+    Json(json!({ "subscriptions": views }))
+}
+
+/// `GET /v1/subscriptions/{name}`.
+pub(super) async fn get(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<View>, Problem> {
+    let (subscription, origin) = state.find(&name).await?;
+    Ok(Json(state.view(&subscription, origin)))
+}
+
+/// `DELETE /v1/subscriptions/{name}`: stops consuming; the queues stay (other replicas may
+/// still consume them, and their messages are not thrown away).
+pub(super) async fn delete(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Problem> {
+    match state.registry.delete(&name).await {
+        Ok(true) => {
+            info!(subscription = %name, "subscription deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Ok(false) => Err(state
+            .find(&name)
+            .await
+            .err()
+            .unwrap_or_else(Problem::internal)),
+        Err(error) => Err(registry_problem(error)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<String>,
+}
+
+/// `GET /v1/subscriptions/{name}/dead-letters?limit=N`: the oldest `N` (default 100, at
+/// most 1000), left in the queue in their order.
+pub(super) async fn list_dead_letters(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, Problem> {
+    let limit = match query.limit.as_deref() {
+        None => 100,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(Problem::bad_request(
+                    "limit must be a whole number from 1 to 1000",
+                ));
+            }
+        },
+    };
+    let (subscription, _) = state.find(&name).await?;
+    let queues = Queues::new(&state.service, &subscription);
+    let (letters, total) = state
+        .dead_letters
+        .list(&queues, limit)
+        .await
+        .map_err(broker_problem)?;
+    Ok(Json(json!({
+        "subscription": name,
+        "queue": queues.dlq,
+        "total": total,
+        "dead_letters": letters,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplayRequest {
+    event_ids: Option<Vec<String>>,
+}
+
+/// `POST /v1/subscriptions/{name}/dead-letters/replay`: all of them, or `{"event_ids":[…]}`.
+pub(super) async fn replay_dead_letters(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let request: ReplayRequest = if has_body(&headers) {
+        read_json(body, &headers, state.max_body).await?
+    } else {
+        ReplayRequest::default()
+    };
+    let (subscription, _) = state.find(&name).await?;
+    let queues = Queues::new(&state.service, &subscription);
+    let only = request
+        .event_ids
+        .map(|ids| ids.into_iter().collect::<HashSet<_>>());
+    let replayed = state
+        .dead_letters
+        .replay(&queues, only)
+        .await
+        .map_err(broker_problem)?;
+    info!(subscription = %name, replayed = replayed.replayed, "dead letters replayed");
+    Ok(Json(replayed).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{name}/dead-letters`.
+pub(super) async fn purge_dead_letters(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let (subscription, _) = state.find(&name).await?;
+    let queues = Queues::new(&state.service, &subscription);
+    let purged = state
+        .dead_letters
+        .purge(&queues)
+        .await
+        .map_err(broker_problem)?;
+    info!(subscription = %name, purged, "dead letters purged");
+    Ok(Json(json!({ "purged": purged })))
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(length) => length > 0,
+        None => headers.contains_key(axum::http::header::TRANSFER_ENCODING),
+    }
+}
+
+fn invalid(problems: Vec<FieldProblem>) -> Problem {
+    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    Problem::unprocessable(format!(
+        "invalid subscription fields: {}",
+        fields.join(", ")
+    ))
+    .with_errors(problems)
+}
+
+fn registry_problem(error: RegistryError) -> Problem {
+    match error {
+        RegistryError::ConfigOwned(name) => Problem::new(
+            StatusCode::CONFLICT,
+            "subscription-in-config",
+            "Subscription defined in the config file",
+            format!("subscription {name} is defined in the config file; change it there"),
+        ),
+        RegistryError::Store(error) => {
+            error!(%error, "subscription store failed");
+            Problem::internal()
+        }
+    }
+}
+
+fn broker_problem(error: DeadLetterError) -> Problem {
+    error!(%error, "dead-letter operation failed");
+    Problem::unavailable(
+        "the broker could not complete the dead-letter operation; nothing was lost, retry later",
+        5,
+    )
+}

@@ -1,0 +1,107 @@
+//! The HTTP client that POSTs events to the local app.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::outcome::AppAnswer;
+use crate::envelope::{Envelope, TraceContext};
+
+/// A pooled keep-alive client for the app at one base URL.
+#[derive(Clone, Debug)]
+pub struct AppClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl AppClient {
+    /// A client for the app at `base` (such as `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            // Deliveries go to the app in the same pod: never through an HTTP proxy.
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(AppClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// POSTs the envelope `body` to `route` and reports how the app answered.
+    pub async fn deliver(
+        &self,
+        route: &str,
+        body: Bytes,
+        envelope: &Envelope,
+        attempt: u32,
+        trace: &TraceContext,
+        timeout: Duration,
+    ) -> AppAnswer {
+        let request = self
+            .http
+            .post(format!("{}{route}", self.base))
+            .headers(headers(envelope, attempt, trace))
+            .timeout(timeout)
+            .body(body);
+        match request.send().await {
+            Ok(response) => {
+                let retry_after = response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                AppAnswer::Status {
+                    code: response.status().as_u16(),
+                    retry_after,
+                }
+            }
+            Err(error) if error.is_timeout() => AppAnswer::Timeout,
+            Err(error) => AppAnswer::Unreachable(error_chain(&error)),
+        }
+    }
+}
+
+/// The delivery headers: the envelope's ids, the attempt, and the trace context.
+fn headers(envelope: &Envelope, attempt: u32, trace: &TraceContext) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(9);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut set = |name: &'static str, value: &str| {
+        // Values came through the publish checks (printable ASCII); a message written by
+        // another producer may hold anything, and a header that cannot be sent is left out.
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    set("x-event-id", &envelope.event_id.to_string());
+    set("x-event-type", &envelope.event_type);
+    set("x-schema-version", &envelope.schema_version.to_string());
+    set("x-correlation-id", &envelope.correlation_id);
+    if let Some(causation_id) = &envelope.causation_id {
+        set("x-causation-id", causation_id);
+    }
+    set("x-delivery-attempt", &attempt.to_string());
+    if let Some(traceparent) = &trace.traceparent {
+        set("traceparent", traceparent);
+    }
+    if let Some(tracestate) = &trace.tracestate {
+        set("tracestate", tracestate);
+    }
+    headers
+}
+
+/// The error and its causes on one line ("error sending request: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
