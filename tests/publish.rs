@@ -223,7 +223,6 @@ async fn an_idempotency_key_publishes_once_and_returns_the_same_event() {
 async fn an_idempotency_key_survives_a_restart() {
     let settings = Settings::new();
     let data_dir = settings.get("CAUSEWAY_DATA_DIR").to_owned();
-    let env = settings.env.clone();
     let mut sidecar = settings.start();
     sidecar.wait_ready().await;
     let broker = Broker::connect().await;
@@ -234,7 +233,7 @@ async fn an_idempotency_key_survives_a_restart() {
     sidecar.terminate();
     assert!(sidecar.wait_exit(Duration::from_secs(20)).await.success());
 
-    let mut again = Settings { env }.start();
+    let mut again = sidecar.settings.again().start();
     again.wait_ready().await;
     let retry = again.publish("OrderPlaced", "{}", &keyed).await;
 

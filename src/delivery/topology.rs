@@ -6,7 +6,7 @@
 //!                                                │  per-message TTL; on expiry the broker
 //!                                                ▼  dead-letters it back into the main queue
 //!                                  {service}.{name}.retry.{k}  (quorum, TTL → main queue)
-//!                                  {service}.{name}.dlq        (quorum; dead letters)
+//!                                  {service}.{name}.dlq        (classic; dead letters)
 //! ```
 
 use lapin::{
@@ -68,7 +68,12 @@ pub async fn declare(
         main_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
     declare_queue(channel, &queues.main, main_args).await?;
-    declare_queue(channel, &queues.dlq, quorum()).await?;
+    // Classic, not quorum: RabbitMQ 3.10 quorum queues put returned messages at the back,
+    // so every listing (read, then return) would reorder the dead letters. A classic queue
+    // returns them to their place.
+    let mut dlq_args = FieldTable::default();
+    dlq_args.insert("x-queue-type".into(), text("classic"));
+    declare_queue(channel, &queues.dlq, dlq_args).await?;
     for wait in &queues.waits {
         let mut args = quorum();
         args.insert("x-dead-letter-exchange".into(), text(""));

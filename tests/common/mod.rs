@@ -2,6 +2,7 @@
 //! line between them. Every test uses names of its own, so tests run in parallel.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod app;
 pub mod proxy;
 
 use std::{
@@ -36,6 +37,8 @@ pub fn unique(prefix: &str) -> String {
 /// The settings of one sidecar under test; change them before `start`.
 pub struct Settings {
     pub env: HashMap<String, String>,
+    /// Leave the data directory when the sidecar is dropped (for a restart).
+    pub keep_data: bool,
 }
 
 impl Settings {
@@ -58,7 +61,18 @@ impl Settings {
         ] {
             env.insert(key.to_string(), value);
         }
-        Settings { env }
+        Settings {
+            env,
+            keep_data: false,
+        }
+    }
+
+    /// The same settings again, for a second process or a restart.
+    pub fn again(&self) -> Settings {
+        Settings {
+            env: self.env.clone(),
+            keep_data: false,
+        }
     }
 
     pub fn set(mut self, key: &str, value: &str) -> Self {
@@ -68,6 +82,20 @@ impl Settings {
 
     pub fn get(&self, key: &str) -> &str {
         &self.env[key]
+    }
+
+    /// Delivers to `app_url`.
+    pub fn app(self, app_url: &str) -> Self {
+        self.set("CAUSEWAY_APP_URL", app_url)
+    }
+
+    /// Writes `toml` as the config file (inside the data directory, removed with it).
+    pub fn config_file(self, toml: &str) -> Self {
+        let dir = PathBuf::from(self.get("CAUSEWAY_DATA_DIR"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("causeway.toml");
+        std::fs::write(&path, toml).unwrap();
+        self.set("CAUSEWAY_CONFIG", path.to_str().unwrap())
     }
 
     /// Starts the binary and waits until it listens (not until it is ready).
@@ -239,6 +267,39 @@ impl Sidecar {
         read(request.send().await.expect("the API answers")).await
     }
 
+    /// Sends a request to the API with an optional JSON body.
+    pub async fn call(&self, method: &str, path: &str, json: Option<Value>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(json) = json {
+            request = request
+                .header("content-type", "application/json")
+                .body(json.to_string());
+        }
+        read(request.send().await.expect("the API answers")).await
+    }
+
+    /// The queue names of subscription `name`.
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}.{name}", self.service())
+    }
+
+    /// Deletes the queues of subscription `name`.
+    pub async fn cleanup_subscription(&self, broker: &Broker, name: &str) {
+        let main = self.queue(name);
+        broker.delete_queue(&main).await;
+        broker.delete_queue(&format!("{main}.dlq")).await;
+        for tier in 1..=12 {
+            broker.delete_queue(&format!("{main}.retry.{tier}")).await;
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
@@ -276,8 +337,10 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = PathBuf::from(self.settings.get("CAUSEWAY_DATA_DIR"));
-        let _ = std::fs::remove_dir_all(dir);
+        if !self.settings.keep_data {
+            let dir = PathBuf::from(self.settings.get("CAUSEWAY_DATA_DIR"));
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -356,6 +419,20 @@ impl Broker {
             .await
             .unwrap();
         message.map(|m| m.delivery)
+    }
+
+    /// Puts a raw message straight into `queue`, as another producer (or a bug) could.
+    pub async fn inject(&self, queue: &str, body: &[u8], properties: BasicProperties) {
+        self.channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties.with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
     }
 
     pub async fn delete_exchange(&self, name: &str) {
