@@ -270,3 +270,64 @@ async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
 
     sidecar.cleanup(&broker).await;
 }
+
+#[tokio::test]
+async fn consumers_come_back_after_the_broker_connection_is_cut_without_leaking() {
+    let app = common::app::TestApp::start().await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let sidecar = Settings::new()
+        .app(&app.url)
+        .set("CAUSEWAY_AMQP_URL", &proxy.amqp_url())
+        .config_file(
+            "[[subscriptions]]\nname = \"heal\"\nevent_type = \"OrderPlaced\"\nroute = \"/heal\"\n",
+        )
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    sidecar.publish("OrderPlaced", r#"{"n":1}"#, &[]).await;
+    app.wait_for("/heal", 1, Duration::from_secs(15)).await;
+
+    for _ in 0..2 {
+        proxy.cut();
+        sidecar
+            .wait_ready_status(503, Duration::from_secs(10))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        proxy.heal();
+        sidecar
+            .wait_ready_status(200, Duration::from_secs(30))
+            .await;
+    }
+    // Published while the sidecar was away: it waits in the queue, and arrives.
+    broker
+        .inject(
+            &sidecar.queue("heal"),
+            &serde_json::to_vec(&app.received("/heal")[0].body).unwrap(),
+            lapin::BasicProperties::default(),
+        )
+        .await;
+    let second = sidecar.publish("OrderPlaced", r#"{"n":2}"#, &[]).await;
+    assert_eq!(second.status, 202);
+    let received = app.wait_for("/heal", 2, Duration::from_secs(15)).await;
+
+    assert_eq!(received[1].body["payload"]["n"], 2);
+    let queue = broker
+        .channel
+        .queue_declare(
+            sidecar.queue("heal").as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.consumer_count(), 1, "old consumers leaked");
+    sidecar
+        .wait_for_log("consumer connection lost", Duration::from_secs(1))
+        .await;
+
+    sidecar.cleanup_subscription(&broker, "heal").await;
+    sidecar.cleanup(&broker).await;
+}
