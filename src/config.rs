@@ -54,6 +54,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The subscriptions of the config file (`[[subscriptions]]`).
     pub subscriptions: Vec<Subscription>,
+    /// Things worth a warning once logging is up, such as a `CAUSEWAY_` variable that no
+    /// setting reads (a typo, most likely).
+    pub warnings: Vec<String>,
 }
 
 /// Everything the broker link needs.
@@ -312,7 +315,28 @@ impl<'a> Reader<'a> {
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
             subscriptions: subscriptions?,
+            warnings: self.unknown_variables(),
         })
+    }
+
+    /// `CAUSEWAY_*` variables no setting reads. Kubernetes adds `{SERVICE}_SERVICE_HOST` and
+    /// `{SERVICE}_PORT…` for a Service named "causeway": those are expected, not typos.
+    fn unknown_variables(&self) -> Vec<String> {
+        let mut unknown: Vec<String> = self
+            .env
+            .keys()
+            .filter_map(|name| name.strip_prefix("CAUSEWAY_").map(|rest| (name, rest)))
+            .filter(|(_, rest)| {
+                let key = rest.to_ascii_lowercase();
+                !KEYS.contains(&key.as_str())
+                    && !matches!(*rest, "CONFIG" | "API_URL")
+                    && !rest.starts_with("SERVICE_")
+                    && !rest.starts_with("PORT")
+            })
+            .map(|(name, _)| format!("{name} is set but no setting reads it (a typo?)"))
+            .collect();
+        unknown.sort();
+        unknown
     }
 
     /// The `[[subscriptions]]` of the file, each with a `name` and the fields of the API.

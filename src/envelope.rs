@@ -70,7 +70,10 @@ impl Envelope {
         if let Some(tracestate) = &trace.tracestate {
             headers.insert("tracestate".into(), long_string(tracestate));
         }
-        let timestamp = SystemTime::now()
+        // The same instant as `occurred_at`, also when a retry republishes the event later.
+        let occurred =
+            humantime::parse_rfc3339(&self.occurred_at).unwrap_or_else(|_| SystemTime::now());
+        let timestamp = occurred
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Ok(BasicProperties::default()

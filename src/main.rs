@@ -152,6 +152,9 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
         }
     };
     telemetry::init_logs(config.log_format);
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -197,3 +197,22 @@ retries = 4
     assert!(text.contains("retries"), "{text}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn unknown_causeway_variables_are_warned_about_but_kubernetes_ones_are_not() {
+    let config = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_MAX_BODYY", "1"),
+            ("CAUSEWAY_SERVICE_HOST", "10.0.0.1"),
+            ("CAUSEWAY_PORT_7070_TCP", "tcp://10.0.0.1:7070"),
+            ("CAUSEWAY_CONFIG", "/etc/causeway.toml"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.warnings,
+        ["CAUSEWAY_MAX_BODYY is set but no setting reads it (a typo?)"]
+    );
+}
