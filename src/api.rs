@@ -26,6 +26,7 @@ use crate::{
     health::Health,
     publish::PublishService,
     subscription::Registry,
+    telemetry::metrics::Metrics,
 };
 use problem::Problem;
 
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub states: watch::Receiver<States>,
     /// Dead-letter operations.
     pub dead_letters: DeadLetters,
+    /// Publish counts and latencies.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The app-facing API.

@@ -14,4 +14,4 @@ mod topology;
 pub use backoff::Backoff;
 pub use connection::{Connector, Link};
 pub use publisher::{PublishError, Publisher, publish_confirmed};
-pub use topology::PublishTopology;
+pub use topology::{PublishTopology, queue_depth};

@@ -13,21 +13,6 @@ pub mod outcome;
 mod supervisor;
 pub mod topology;
 
-use std::sync::atomic::AtomicU64;
-
 pub use app::AppClient;
 pub use dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Replayed};
 pub use supervisor::{State, States, SubscriptionState, Supervisor, SupervisorConfig};
-
-/// Running totals of delivery outcomes.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Accepted by the app.
-    pub delivered: AtomicU64,
-    /// Failed and scheduled for another attempt.
-    pub retried: AtomicU64,
-    /// Moved to a dead-letter queue.
-    pub dead_lettered: AtomicU64,
-    /// Skipped because the app already accepted the event.
-    pub duplicates: AtomicU64,
-}

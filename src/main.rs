@@ -1,7 +1,7 @@
 //! The `causeway` binary: parses the command line and configuration, sets up logs, and runs
 //! the sidecar until a signal drains it.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,9 @@ enum DlqAction {
     },
 }
 
+/// How long buffered spans may take to export at exit.
+const SPAN_FLUSH: Duration = Duration::from_secs(5);
+
 /// Exit code when the sidecar's API cannot be reached (EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -151,25 +154,37 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init_logs(config.log_format);
-    for warning in &config.warnings {
-        warn!("{warning}");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            error!(%error, "cannot start the runtime");
+            eprintln!("causeway: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
+        let telemetry = match telemetry::init(config.log_format, &config.service) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("causeway: {error}");
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        };
+        for warning in &config.warnings {
+            warn!("{warning}");
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(drain_on_signal(shutdown.clone()));
-        sidecar::run(config, shutdown).await
+        let result = sidecar::run(config, shutdown).await;
+        telemetry.shutdown(SPAN_FLUSH).await;
+        Ok(result)
     });
+    let result = match result {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
     match result {
         Ok(()) => {
             info!("stopped");

@@ -7,13 +7,14 @@ use std::{sync::Arc, time::Duration};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tracing::{debug, warn};
+use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use uuid::Uuid;
 
 use crate::{
     broker::{PublishError, Publisher},
     envelope::{Envelope, SchemaVersion, TraceContext, now_rfc3339},
     store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
+    telemetry::{TraceExt, current_trace_id, metrics::Metrics, trace_of},
 };
 use key_locks::KeyLocks;
 
@@ -85,6 +86,7 @@ pub struct PublishService {
     causes: Arc<dyn CorrelationMemory>,
     locks: Arc<KeyLocks>,
     retention: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for PublishService {
@@ -103,6 +105,7 @@ impl PublishService {
         keys: Arc<dyn IdempotencyStore>,
         causes: Arc<dyn CorrelationMemory>,
         retention: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         PublishService {
             source: source.into(),
@@ -111,6 +114,7 @@ impl PublishService {
             causes,
             locks: Arc::default(),
             retention,
+            metrics,
         }
     }
 
@@ -238,16 +242,47 @@ impl PublishService {
         (envelope, request.trace)
     }
 
+    /// Publishes the envelope in a PRODUCER span whose context travels in the AMQP headers,
+    /// so that the consumer's span becomes its child.
     async fn send(
         &self,
         (envelope, trace): (Envelope, TraceContext),
     ) -> Result<Accepted, Rejected> {
+        let routing_key = envelope.routing_key();
+        let exchange = self.publisher.exchange();
+        let span = info_span!(
+            "send",
+            otel.name = %format!("send {exchange}"),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = %routing_key,
+            messaging.message.id = %envelope.event_id,
+            messaging.message.conversation_id = %envelope.correlation_id,
+            causeway.event_type = %envelope.event_type,
+            causeway.causation_id = envelope.causation_id.as_deref(),
+            causeway.schema_version = %envelope.schema_version,
+        );
+        if Span::current().is_disabled() {
+            // Not inside a server span: continue the caller's trace directly.
+            span.continue_trace(&trace);
+        }
+        // Without tracing installed, the caller's context passes through unchanged.
+        let trace = trace_of(&span).unwrap_or(trace);
         let properties = envelope.properties(&trace)?;
+        let _in_flight = self.metrics.in_flight("publish");
         let published = self
             .publisher
-            .publish(&envelope.routing_key(), &envelope.to_json(), properties)
+            .publish(&routing_key, &envelope.to_json(), properties)
+            .instrument(span.clone())
             .await;
         if let Err(error) = published {
+            span.fail(&error.to_string());
+            let _entered = span.enter();
             warn!(
                 %error,
                 outcome_unknown = error.outcome_unknown(),
@@ -255,6 +290,7 @@ impl PublishService {
                 event_type = %envelope.event_type,
                 correlation_id = %envelope.correlation_id,
                 causation_id = envelope.causation_id.as_deref(),
+                trace_id = %current_trace_id(),
                 "publish failed"
             );
             return Err(error.into());

@@ -20,11 +20,12 @@ use crate::{
     api::{self, ApiState, admin::AdminState},
     broker::{Connector, Publisher},
     config::Config,
-    delivery::{AppClient, Counters, DeadLetters, Supervisor, SupervisorConfig},
+    delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
     health::Health,
     publish::PublishService,
     store::{DedupStore, EmbeddedStore, RedisDedup, StoreError},
     subscription::Registry,
+    telemetry::metrics::Metrics,
 };
 
 /// Why the sidecar could not start or stopped abnormally.
@@ -74,8 +75,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         "listening"
     );
 
+    let metrics = Arc::new(Metrics::default());
     let broker_shutdown = CancellationToken::new();
-    let (connector, link) = Connector::new(config.broker.clone(), &config.service);
+    let (connector, link) = Connector::new(config.broker.clone(), &config.service, metrics.clone());
     let broker_task = tokio::spawn(connector.run(broker_shutdown.clone()));
     let (supervisor, states) = Supervisor::new(
         SupervisorConfig {
@@ -88,7 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         app,
         dedup,
         store.clone(),
-        Arc::new(Counters::default()),
+        metrics.clone(),
     );
     let consumers_task = tokio::spawn(supervisor.run(shutdown.clone()));
     let sweeper_task = tokio::spawn(store.clone().run_sweeper(shutdown.clone()));
@@ -105,6 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         Arc::new(store.clone()),
         Arc::new(store),
         config.dedup_retention,
+        metrics.clone(),
     );
     let health = Health::default();
     let api_state = ApiState {
@@ -116,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         registry,
         states: states.clone(),
         dead_letters: DeadLetters::new(&config.broker.url),
+        metrics: metrics.clone(),
     };
     let admin_shutdown = CancellationToken::new();
     let mut api_task = serve(
@@ -131,6 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
             health: health.clone(),
             publish,
             states,
+            metrics,
         }),
         admin_shutdown.clone(),
     );

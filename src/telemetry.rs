@@ -1,27 +1,134 @@
-//! Logs: JSON lines (or human text) on stdout, filtered by `RUST_LOG`.
+//! Telemetry: logs (JSON lines or text on stdout, filtered by `RUST_LOG`), OpenTelemetry
+//! traces (exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), and the
+//! Prometheus metrics of `/metrics`.
+//!
+//! Spans are always made, exporter or not, so that trace context flows from the app through
+//! the broker to the next app and every log line about an event can name its trace.
 
-use tracing_subscriber::EnvFilter;
+pub mod metrics;
+mod propagation;
+
+use std::time::Duration;
+
+use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt};
 
 use crate::config::LogFormat;
+pub use propagation::{TraceExt, context_of, current_trace_id, field_table_trace, trace_of};
 
 /// What is logged when `RUST_LOG` is unset: causeway at info, the AMQP client's chatter only
 /// when it is a warning.
 const DEFAULT_FILTER: &str = "info,lapin=warn,amq_protocol=warn";
 
-/// Installs the global log subscriber.
-pub fn init_logs(format: LogFormat) {
+/// The installed telemetry; flush it on the way out.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built from the `OTEL_*` settings.
+    #[error("OpenTelemetry exporter: {0}")]
+    Exporter(String),
+}
+
+/// Installs logging and tracing for the whole process. Call it inside the tokio runtime:
+/// the gRPC exporter needs one.
+pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryError> {
+    let resource = Resource::builder()
+        .with_attribute(KeyValue::new("service.name", service.to_owned()))
+        // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, win over the default.
+        .with_detectors(&[
+            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
+            Box::new(opentelemetry_sdk::resource::SdkProvidedResourceDetector),
+        ])
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let exporting = exporter_wanted();
+    if exporting {
+        builder = builder.with_batch_exporter(exporter()?);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = provider.tracer("causeway");
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target("causeway", tracing::Level::INFO));
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = match format {
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
-    // Only fails when a subscriber is already installed, which then keeps logging.
-    drop(result);
+    let subscriber = tracing_subscriber::registry().with(logs).with(otel);
+    // Only fails when a subscriber is already installed, which then keeps working.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    Ok(Telemetry {
+        provider,
+        exporting,
+    })
+}
+
+impl Telemetry {
+    /// Whether spans leave the process.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports the spans still buffered, waiting at most `within`.
+    pub async fn shutdown(self, within: Duration) {
+        // The SDK's shutdown blocks; on a runtime with one worker it must not run there.
+        let provider = self.provider;
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        match tokio::time::timeout(within, flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "flushing spans failed"),
+            Ok(Err(_)) | Err(_) => tracing::warn!("flushing spans did not finish in time"),
+        }
+    }
+}
+
+/// Spans are exported when an OTLP endpoint is configured and the SDK is not disabled.
+fn exporter_wanted() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The OTLP exporter for `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`: `http/protobuf` (the
+/// default) or `grpc`. Endpoint, headers and timeout come from the standard variables.
+fn exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|_| "http/protobuf".into());
+    let built = match protocol.trim() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build(),
+        other => {
+            return Err(TelemetryError::Exporter(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported; use http/protobuf or grpc"
+            )));
+        }
+    };
+    built.map_err(|e| TelemetryError::Exporter(e.to_string()))
 }

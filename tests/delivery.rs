@@ -88,7 +88,13 @@ async fn a_delivery_carries_the_envelope_and_every_header() {
     assert_eq!(delivery.header("x-correlation-id"), Some("flow-7"));
     assert_eq!(delivery.header("x-causation-id"), Some("cause-1"));
     assert_eq!(delivery.header("x-delivery-attempt"), Some("1"));
-    assert_eq!(delivery.header("traceparent"), Some(traceparent));
+    // The same trace, continued by the sidecar's spans (a new span id).
+    let received_trace = delivery.header("traceparent").unwrap();
+    assert!(
+        received_trace.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{received_trace}"
+    );
+    assert_ne!(received_trace, traceparent);
     assert_eq!(delivery.header("tracestate"), Some("k=v"));
     assert_eq!(delivery.header("content-type"), Some("application/json"));
     assert_eq!(delivery.body["event_id"], event_id);

@@ -99,7 +99,14 @@ async fn the_envelope_and_amqp_properties_reach_a_bound_queue() {
         Some("01a21d27-0000-7000-8000-000000000001")
     );
     assert_eq!(header(props, "schema_version").as_deref(), Some("2.1"));
-    assert_eq!(header(props, "traceparent").as_deref(), Some(traceparent));
+    // The same trace, continued by the sidecar's producer span (a new span id).
+    let sent = header(props, "traceparent").unwrap();
+    assert!(
+        sent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{sent}"
+    );
+    assert!(sent.ends_with("-01"), "{sent}");
+    assert_ne!(sent, traceparent);
     assert_eq!(header(props, "tracestate").as_deref(), Some("vendor=1"));
 
     sidecar.cleanup(&broker).await;

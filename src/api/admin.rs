@@ -1,6 +1,14 @@
 //! The admin listener: liveness and readiness probes.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde_json::{Value, json};
 
 use tokio::sync::watch;
@@ -9,6 +17,7 @@ use crate::{
     delivery::{State as ConsumerState, States},
     health::Health,
     publish::PublishService,
+    telemetry::metrics::Metrics,
 };
 
 /// What the admin handlers read.
@@ -20,16 +29,30 @@ pub struct AdminState {
     pub publish: PublishService,
     /// How each subscription's consumer is doing.
     pub states: watch::Receiver<States>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
-/// `/healthz` and `/readyz`.
+/// `/healthz`, `/readyz` and `/metrics`.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(super::not_found)
         .method_not_allowed_fallback(super::method_not_allowed)
         .with_state(state)
+}
+
+/// The Prometheus metrics, in the OpenMetrics text format.
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
 }
 
 /// Alive as long as the process answers.

@@ -7,7 +7,8 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use serde_json::value::RawValue;
-use tracing::{debug, error};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, error, field::Empty, info_span};
 
 use super::{
     ApiState,
@@ -18,11 +19,65 @@ use crate::{
     broker::PublishError,
     envelope::{SchemaVersion, TraceContext, is_valid_event_type},
     publish::{Accepted, PublishRequest, Rejected},
+    telemetry::{TraceExt, current_trace_id},
 };
 
-/// Publishes one event; answers 202 once the broker confirmed it.
+/// Publishes one event in a SERVER span that continues the caller's trace; answers 202
+/// once the broker confirmed it.
 pub(super) async fn publish(
     State(state): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let started = Instant::now();
+    let event_type = match &path {
+        Ok(Path(event_type)) if is_valid_event_type(event_type) => event_type.clone(),
+        _ => "invalid".to_owned(),
+    };
+    let span = info_span!(
+        "publish",
+        otel.name = "POST /v1/publish/{event_type}",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        http.request.method = "POST",
+        http.route = "/v1/publish/{event_type}",
+        http.response.status_code = Empty,
+        causeway.event_type = %event_type,
+    );
+    span.continue_trace(&trace_context(&headers));
+    let answer = handle(&state, path, headers, body)
+        .instrument(span.clone())
+        .await;
+    let (status, outcome) = match &answer {
+        Ok(_) => (StatusCode::ACCEPTED, "accepted"),
+        Err(problem) => (problem.status, outcome_of(problem.status)),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    if let Err(problem) = &answer {
+        if problem.status.is_server_error() {
+            span.fail(&problem.detail);
+        }
+    }
+    state
+        .metrics
+        .publish(&event_type, outcome, started.elapsed());
+    answer
+}
+
+/// The `outcome` label of a publish that ended in `status`.
+fn outcome_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        503 => "unavailable",
+        504 => "timeout",
+        400..=499 => "rejected",
+        _ => "error",
+    }
+}
+
+async fn handle(
+    state: &ApiState,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -61,6 +116,7 @@ pub(super) async fn publish(
                 event_type = %accepted.event_type,
                 correlation_id = %accepted.correlation_id,
                 causation_id = accepted.causation_id.as_deref(),
+                trace_id = %current_trace_id(),
                 "event published"
             );
             Ok((StatusCode::ACCEPTED, Json(accepted)))

@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Backoff, PublishTopology};
-use crate::config::BrokerConfig;
+use crate::{
+    config::BrokerConfig,
+    telemetry::metrics::{Connection as MetricsConnection, Metrics},
+};
 
 /// The state of the publishing link, as the publisher and `/readyz` see it.
 #[derive(Clone, Debug, Default)]
@@ -62,7 +65,8 @@ pub struct Connector {
     topology: PublishTopology,
     name: String,
     link: watch::Sender<Link>,
-    unrouted_depth: Arc<AtomicU64>,
+    unrouted_depth: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 enum Ended {
@@ -72,7 +76,11 @@ enum Ended {
 
 impl Connector {
     /// A connector for `service`; the receiver follows the link's state.
-    pub fn new(config: BrokerConfig, service: &str) -> (Self, watch::Receiver<Link>) {
+    pub fn new(
+        config: BrokerConfig,
+        service: &str,
+        metrics: Arc<Metrics>,
+    ) -> (Self, watch::Receiver<Link>) {
         let (link, state) = watch::channel(Link::Down);
         let topology = PublishTopology {
             exchange: config.exchange.clone(),
@@ -83,14 +91,10 @@ impl Connector {
             topology,
             name: format!("causeway {service} publisher"),
             link,
-            unrouted_depth: Arc::default(),
+            unrouted_depth: AtomicU64::default(),
+            metrics,
         };
         (connector, state)
-    }
-
-    /// The number of events last seen waiting in the unrouted queue.
-    pub fn unrouted_depth(&self) -> Arc<AtomicU64> {
-        self.unrouted_depth.clone()
     }
 
     /// Runs until `shutdown`, then closes the connection.
@@ -106,8 +110,10 @@ impl Connector {
                     backoff.reset();
                     info!(exchange = %self.topology.exchange, "connected to the broker");
                     self.link.send_replace(Link::Up(channel.clone()));
+                    self.metrics.connected(MetricsConnection::Publish, true);
                     let ended = self.watch(&connection, &channel, &shutdown).await;
                     self.link.send_replace(Link::Down);
+                    self.metrics.connected(MetricsConnection::Publish, false);
                     let _ = timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
                     match ended {
                         Ended::Shutdown => {
@@ -208,6 +214,7 @@ impl Connector {
             Ok(Err(error)) => return debug!(%error, "cannot read the unrouted queue depth"),
             Err(_) => return,
         };
+        self.metrics.unrouted(depth);
         let before = self.unrouted_depth.swap(depth, Ordering::Relaxed);
         if depth > before {
             warn!(

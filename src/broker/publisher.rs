@@ -86,6 +86,11 @@ impl Publisher {
         self.link.borrow().is_up()
     }
 
+    /// The exchange events are published to.
+    pub fn exchange(&self) -> &str {
+        self.exchange.as_str()
+    }
+
     /// The longest a publish waits for its confirm.
     pub fn confirm_timeout(&self) -> Duration {
         self.confirm_timeout

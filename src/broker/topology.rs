@@ -73,20 +73,23 @@ impl PublishTopology {
             .await
     }
 
-    /// How many events wait in the unrouted queue, by a passive declare.
+    /// How many events wait in the unrouted queue.
     pub async fn unrouted_depth(&self, channel: &Channel) -> lapin::Result<u32> {
-        let queue = channel
-            .queue_declare(
-                name(&self.unrouted),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(queue.message_count())
+        queue_depth(channel, &self.unrouted).await
     }
+}
+
+/// How many messages wait in `queue`, by a passive declare (which closes the channel when
+/// the queue does not exist: use a channel of its own).
+pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(name(queue), options, FieldTable::default())
+        .await?;
+    Ok(declared.message_count())
 }
 
 /// Exchange and queue names are checked at configuration time (at most 200 ASCII bytes), so

@@ -5,8 +5,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
+use tracing::{Instrument, field::Empty, info_span};
+
 use super::outcome::AppAnswer;
-use crate::envelope::{Envelope, TraceContext};
+use crate::{
+    envelope::{Envelope, TraceContext},
+    telemetry::{TraceExt, trace_of},
+};
 
 /// A pooled keep-alive client for the app at one base URL.
 #[derive(Clone, Debug)]
@@ -31,7 +36,8 @@ impl AppClient {
         })
     }
 
-    /// POSTs the envelope `body` to `route` and reports how the app answered.
+    /// POSTs the envelope `body` to `route` in a CLIENT span, whose context the app gets in
+    /// `traceparent`, and reports how the app answered.
     pub async fn deliver(
         &self,
         route: &str,
@@ -41,12 +47,38 @@ impl AppClient {
         trace: &TraceContext,
         timeout: Duration,
     ) -> AppAnswer {
+        let url = format!("{}{route}", self.base);
+        let span = info_span!(
+            "POST",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            http.request.method = "POST",
+            url.full = %url,
+            http.response.status_code = Empty,
+        );
+        // Without tracing installed, the publisher's context passes through unchanged.
+        let trace = trace_of(&span).unwrap_or_else(|| trace.clone());
         let request = self
             .http
-            .post(format!("{}{route}", self.base))
-            .headers(headers(envelope, attempt, trace))
+            .post(url)
+            .headers(headers(envelope, attempt, &trace))
             .timeout(timeout)
             .body(body);
+        let answer = Self::answer(request).instrument(span.clone()).await;
+        match &answer {
+            AppAnswer::Status { code, .. } => {
+                span.record("http.response.status_code", code);
+                if *code >= 400 {
+                    span.fail(&answer.describe());
+                }
+            }
+            other => span.fail(&other.describe()),
+        }
+        answer
+    }
+
+    async fn answer(request: reqwest::RequestBuilder) -> AppAnswer {
         match request.send().await {
             Ok(response) => {
                 let retry_after = response

@@ -14,10 +14,9 @@ use std::{
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
     options::{
-        BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions,
-        QueueDeclareOptions, QueuePurgeOptions,
+        BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
     },
-    types::{FieldTable, LongString, ShortString},
+    types::{LongString, ShortString},
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -30,7 +29,7 @@ use super::{
     handler::{copy_properties, int_header, text_header},
     topology::Queues,
 };
-use crate::broker::{PublishError, publish_confirmed};
+use crate::broker::{PublishError, publish_confirmed, queue_depth};
 
 /// How long one dead-letter operation may take at the broker.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,7 +111,7 @@ impl DeadLetters {
     ) -> Result<(Vec<DeadLetter>, u32), DeadLetterError> {
         let _turn = self.turn(&queues.dlq).await;
         self.with_channel(|channel| async move {
-            let total = depth(&channel, &queues.dlq).await?;
+            let total = queue_depth(&channel, &queues.dlq).await?;
             let mut letters = Vec::new();
             let mut last_tag = None;
             for _ in 0..limit.min(total) {
@@ -145,7 +144,7 @@ impl DeadLetters {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            let total = depth(&channel, &queues.dlq).await?;
+            let total = queue_depth(&channel, &queues.dlq).await?;
             let mut replayed = Replayed::default();
             let mut found = HashSet::new();
             let mut kept = None;
@@ -245,17 +244,6 @@ fn requeue_all() -> BasicNackOptions {
         multiple: true,
         requeue: true,
     }
-}
-
-async fn depth(channel: &Channel, queue: &str) -> Result<u32, DeadLetterError> {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(ShortString::from(queue), options, FieldTable::default())
-        .await?;
-    Ok(declared.message_count())
 }
 
 async fn get(

@@ -1,7 +1,10 @@
 //! One message from a subscription's queue, start to finish: decode, deduplicate, POST to
 //! the app, and ack, retry or dead-letter by the app's answer.
 
-use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use lapin::{
@@ -12,19 +15,22 @@ use lapin::{
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, field::Empty, info, info_span, warn};
 
 use super::{
-    Counters,
     app::AppClient,
     outcome::{AppAnswer, Disposition, Reason, disposition, wait_tier},
     topology::Queues,
 };
 use crate::{
     broker::{PublishError, publish_confirmed},
-    envelope::{Envelope, TraceContext, now_rfc3339},
-    store::{Claim, DedupStore, EmbeddedStore},
+    envelope::{Envelope, now_rfc3339},
+    store::{Claim, DedupStore, EmbeddedStore, StoreError},
     subscription::Subscription,
+    telemetry::{
+        TraceExt, current_trace_id, field_table_trace,
+        metrics::{DeliveryOutcome, Metrics},
+    },
 };
 
 /// How long a copy waits before another try when a twin is in flight or the store failed.
@@ -44,7 +50,7 @@ pub(crate) struct Context {
     pub(crate) retention: Duration,
     /// A channel in confirm mode on the consuming connection, for retries and dead letters.
     pub(crate) republish: Channel,
-    pub(crate) counters: Arc<Counters>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Where a message goes when it leaves the main queue without being done.
@@ -65,25 +71,74 @@ enum Move<'a> {
 }
 
 impl Context {
-    /// Handles one message; never fails: every path ends in an ack, a move or a requeue.
+    /// Handles one message in a CONSUMER span that continues the publisher's trace; never
+    /// fails: every path ends in an ack, a move or a requeue.
     pub(crate) async fn handle(&self, delivery: Delivery, stop: &CancellationToken) {
+        let _in_flight = self.metrics.in_flight("delivery");
         let prior = int_header(&delivery.properties, "x-causeway-attempts").unwrap_or(0);
         let returned = int_header(&delivery.properties, "x-delivery-count").unwrap_or(0);
-        let mut attempt =
+        let attempt =
             u32::try_from(prior.saturating_add(returned).saturating_add(1)).unwrap_or(u32::MAX);
+        let span = info_span!(
+            "process",
+            otel.name = %format!("process {}", self.queues.main),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %self.queues.main,
+            messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+            messaging.message.id = Empty,
+            messaging.message.conversation_id = Empty,
+            causeway.event_type = Empty,
+            causeway.causation_id = Empty,
+            causeway.schema_version = Empty,
+            causeway.subscription = %self.subscription.name,
+            causeway.delivery.attempt = attempt,
+            causeway.outcome = Empty,
+        );
+        span.continue_trace(&field_table_trace(&delivery.properties));
+        self.process(delivery, attempt, stop).instrument(span).await;
+    }
+
+    async fn process(&self, delivery: Delivery, attempt: u32, stop: &CancellationToken) {
+        let span = Span::current();
         let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
             Ok(envelope) => envelope,
             Err(error) => {
+                let last_error = format!("not a valid envelope: {error}");
+                warn!(
+                    subscription = %self.subscription.name,
+                    trace_id = %current_trace_id(),
+                    error = %last_error,
+                    "undecodable message dead-lettered"
+                );
+                span.record("causeway.outcome", "dead_lettered");
+                span.fail(&last_error);
                 let dead = Move::DeadLetter {
                     reason: Reason::Undecodable,
                     attempts: attempt.saturating_sub(1),
                     last_status: None,
-                    last_error: format!("not a valid envelope: {error}"),
+                    last_error,
                 };
-                warn!(subscription = %self.subscription.name, %error, "undecodable message dead-lettered");
                 return self.move_then_ack(&delivery, dead).await;
             }
         };
+        span.record("messaging.message.id", envelope.event_id.to_string());
+        span.record(
+            "messaging.message.conversation_id",
+            envelope.correlation_id.as_str(),
+        );
+        span.record("causeway.event_type", envelope.event_type.as_str());
+        span.record(
+            "causeway.schema_version",
+            envelope.schema_version.to_string(),
+        );
+        if let Some(causation_id) = &envelope.causation_id {
+            span.record("causeway.causation_id", causation_id.as_str());
+        }
         let spec = &self.subscription.spec;
         if attempt > spec.max_attempts {
             // Returned to the queue more often than it may be tried (the sidecar died
@@ -94,43 +149,14 @@ impl Context {
                 last_status: None,
                 last_error: "returned to the queue unacknowledged too often".into(),
             };
-            self.log_dead_letter(&envelope, Reason::MaxAttempts, attempt - 1);
+            self.dead_lettered(&envelope, Reason::MaxAttempts, attempt - 1);
             return self.move_then_ack(&delivery, dead).await;
         }
         let key = format!("{}/{}", self.subscription.name, envelope.event_id);
         let lease = self.subscription.timeout() + Duration::from_secs(30);
-        match self.dedup.claim(&key, lease).await {
-            Ok(Claim::Acquired) => {}
-            Ok(Claim::Done) => {
-                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                info!(
-                    subscription = %self.subscription.name,
-                    event_id = %envelope.event_id,
-                    event_type = %envelope.event_type,
-                    correlation_id = %envelope.correlation_id,
-                    causation_id = envelope.causation_id.as_deref(),
-                    "duplicate_event_skipped"
-                );
-                return ack(&delivery).await;
-            }
-            Ok(Claim::Busy) => {
-                debug!(event_id = %envelope.event_id, "a copy of this event is in flight; this one waits");
-                let wait = Move::Wait {
-                    delay: DEFER,
-                    attempts: attempt - 1,
-                    last: None,
-                };
-                return self.move_then_ack(&delivery, wait).await;
-            }
-            Err(error) => {
-                warn!(%error, event_id = %envelope.event_id, "dedup store failed; the event waits");
-                let wait = Move::Wait {
-                    delay: DEFER,
-                    attempts: attempt - 1,
-                    last: None,
-                };
-                return self.move_then_ack(&delivery, wait).await;
-            }
+        let claim = self.dedup.claim(&key, lease).await;
+        if !self.claimed(claim, &delivery, &envelope, attempt).await {
+            return;
         }
         if let Err(error) = self
             .store
@@ -143,7 +169,68 @@ impl Context {
         {
             warn!(%error, event_id = %envelope.event_id, "cannot remember the correlation id");
         }
-        let trace = trace_context(&delivery.properties);
+        self.attempts(&delivery, &envelope, &key, lease, attempt, stop)
+            .await;
+    }
+
+    /// Acts on the dedup claim; `true` when the delivery is ours to make.
+    async fn claimed(
+        &self,
+        claim: Result<Claim, StoreError>,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> bool {
+        let wait = Move::Wait {
+            delay: DEFER,
+            attempts: attempt - 1,
+            last: None,
+        };
+        match claim {
+            Ok(Claim::Acquired) => return true,
+            Ok(Claim::Done) => {
+                self.metrics
+                    .delivery(&self.subscription.name, DeliveryOutcome::Duplicate);
+                Span::current().record("causeway.outcome", "duplicate");
+                info!(
+                    subscription = %self.subscription.name,
+                    event_id = %envelope.event_id,
+                    event_type = %envelope.event_type,
+                    correlation_id = %envelope.correlation_id,
+                    causation_id = envelope.causation_id.as_deref(),
+                    trace_id = %current_trace_id(),
+                    "duplicate_event_skipped"
+                );
+                ack(delivery).await;
+            }
+            Ok(Claim::Busy) => {
+                debug!(event_id = %envelope.event_id, "a copy of this event is in flight; this one waits");
+                Span::current().record("causeway.outcome", "deferred");
+                self.move_then_ack(delivery, wait).await;
+            }
+            Err(error) => {
+                warn!(%error, event_id = %envelope.event_id, "dedup store failed; the event waits");
+                Span::current().record("causeway.outcome", "deferred");
+                self.move_then_ack(delivery, wait).await;
+            }
+        }
+        false
+    }
+
+    /// POSTs to the app, then acks, retries or dead-letters by its answer. Ordered
+    /// subscriptions retry here, keeping the message (and its place) until done.
+    async fn attempts(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        key: &str,
+        lease: Duration,
+        mut attempt: u32,
+        stop: &CancellationToken,
+    ) {
+        let span = Span::current();
+        let spec = &self.subscription.spec;
+        let trace = field_table_trace(&delivery.properties);
         let body = Bytes::from(delivery.data.clone());
         loop {
             let started = Instant::now();
@@ -152,89 +239,107 @@ impl Context {
                 .deliver(
                     &spec.route,
                     body.clone(),
-                    &envelope,
+                    envelope,
                     attempt,
                     &trace,
                     self.subscription.timeout(),
                 )
                 .await;
-            let outcome = disposition(&answer, attempt, spec);
-            match outcome {
+            self.metrics
+                .delivery_took(&self.subscription.name, started.elapsed());
+            match disposition(&answer, attempt, spec) {
                 Disposition::Done => {
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .delivery(&self.subscription.name, DeliveryOutcome::Success);
+                    span.record("causeway.outcome", "success");
                     debug!(
                         subscription = %self.subscription.name,
                         event_id = %envelope.event_id,
                         event_type = %envelope.event_type,
                         correlation_id = %envelope.correlation_id,
                         causation_id = envelope.causation_id.as_deref(),
+                        trace_id = %current_trace_id(),
                         attempt,
                         took_ms = started.elapsed().as_millis() as u64,
                         "event delivered"
                     );
-                    if let Err(error) = self.dedup.complete(&key, self.retention).await {
+                    if let Err(error) = self.dedup.complete(key, self.retention).await {
                         // The app has it: acking is right. Without the record a redelivery
                         // could reach the app again, which the log makes visible.
                         warn!(%error, event_id = %envelope.event_id, "cannot record the delivery; a redelivery would not be deduplicated");
                     }
-                    return ack(&delivery).await;
+                    ack(delivery).await;
+                    if let Ok(occurred) = humantime::parse_rfc3339(&envelope.occurred_at) {
+                        let age = SystemTime::now()
+                            .duration_since(occurred)
+                            .unwrap_or_default();
+                        self.metrics.end_to_end(&self.subscription.name, age);
+                    }
+                    return;
                 }
                 Disposition::Retry { delay } => {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.dedup.release(&key).await;
-                    info!(
+                    self.metrics
+                        .delivery(&self.subscription.name, DeliveryOutcome::Retry);
+                    let _ = self.dedup.release(key).await;
+                    span.record("causeway.outcome", "retry");
+                    span.fail(&answer.describe());
+                    warn!(
                         subscription = %self.subscription.name,
                         event_id = %envelope.event_id,
                         event_type = %envelope.event_type,
                         correlation_id = %envelope.correlation_id,
                         causation_id = envelope.causation_id.as_deref(),
+                        trace_id = %current_trace_id(),
                         attempt,
                         delay_ms = delay.as_millis() as u64,
                         error = %answer.describe(),
                         "delivery failed; will retry"
                     );
-                    if spec.ordered {
-                        // Ordered: the message keeps its place at the head of the queue, so
-                        // the wait happens here; a crash returns it to the broker unharmed.
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.cancelled() => return requeue(&delivery).await,
-                        }
-                        attempt += 1;
-                        match self.dedup.claim(&key, lease).await {
-                            Ok(Claim::Acquired) => continue,
-                            _ => return requeue(&delivery).await,
-                        }
+                    if !spec.ordered {
+                        let wait = Move::Wait {
+                            delay,
+                            attempts: attempt,
+                            last: Some(&answer),
+                        };
+                        return self.move_then_ack(delivery, wait).await;
                     }
-                    let wait = Move::Wait {
-                        delay,
-                        attempts: attempt,
-                        last: Some(&answer),
-                    };
-                    return self.move_then_ack(&delivery, wait).await;
+                    // Ordered: the message keeps its place at the head of the queue, so the
+                    // wait happens here; a crash returns it to the broker unharmed.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => return requeue(delivery).await,
+                    }
+                    attempt += 1;
+                    span.record("causeway.delivery.attempt", attempt);
+                    if !matches!(self.dedup.claim(key, lease).await, Ok(Claim::Acquired)) {
+                        return requeue(delivery).await;
+                    }
                 }
                 Disposition::DeadLetter(reason) => {
-                    let _ = self.dedup.release(&key).await;
-                    self.log_dead_letter(&envelope, reason, attempt);
+                    let _ = self.dedup.release(key).await;
+                    span.fail(&answer.describe());
+                    self.dead_lettered(envelope, reason, attempt);
                     let dead = Move::DeadLetter {
                         reason,
                         attempts: attempt,
                         last_status: answer.status(),
                         last_error: answer.describe(),
                     };
-                    return self.move_then_ack(&delivery, dead).await;
+                    return self.move_then_ack(delivery, dead).await;
                 }
             }
         }
     }
 
-    fn log_dead_letter(&self, envelope: &Envelope, reason: Reason, attempts: u32) {
+    fn dead_lettered(&self, envelope: &Envelope, reason: Reason, attempts: u32) {
+        Span::current().record("causeway.outcome", "dead_lettered");
         warn!(
             subscription = %self.subscription.name,
             event_id = %envelope.event_id,
             event_type = %envelope.event_type,
             correlation_id = %envelope.correlation_id,
             causation_id = envelope.causation_id.as_deref(),
+            trace_id = %current_trace_id(),
             reason = reason.as_str(),
             attempts,
             dlq = %self.queues.dlq,
@@ -276,7 +381,8 @@ impl Context {
                 last_status,
                 last_error,
             } => {
-                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .delivery(&self.subscription.name, DeliveryOutcome::DeadLettered);
                 let properties = copy_properties(&delivery.properties, |headers| {
                     headers.insert("x-causeway-reason".into(), text(reason.as_str()));
                     if let Some(status) = last_status {
@@ -402,13 +508,5 @@ pub(crate) fn text_header(properties: &BasicProperties, name: &str) -> Option<St
         AMQPValue::LongString(v) => Some(v.to_string()),
         AMQPValue::ShortString(v) => Some(v.to_string()),
         _ => None,
-    }
-}
-
-/// The trace context the publisher attached.
-fn trace_context(properties: &BasicProperties) -> TraceContext {
-    TraceContext {
-        traceparent: text_header(properties, "traceparent"),
-        tracestate: text_header(properties, "tracestate"),
     }
 }

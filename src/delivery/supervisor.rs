@@ -17,16 +17,16 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::{
-    Counters,
     app::AppClient,
     handler::Context,
     topology::{self, Queues},
 };
 use crate::{
-    broker::{Backoff, PublishTopology},
+    broker::{Backoff, PublishTopology, queue_depth},
     config::BrokerConfig,
     store::{DedupStore, EmbeddedStore},
     subscription::{Subscription, SubscriptionSpec},
+    telemetry::metrics::{Connection as MetricsConnection, Metrics},
 };
 
 /// How a subscription's consumer is doing.
@@ -84,7 +84,7 @@ pub struct Supervisor {
     app: AppClient,
     dedup: Arc<dyn DedupStore>,
     store: EmbeddedStore,
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 }
 
 /// A running consumer.
@@ -107,6 +107,8 @@ enum Ended {
 }
 
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often queue and dead-letter depths are read from the broker for the metrics.
+const DEPTHS_EVERY: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Supervisor {
@@ -117,7 +119,7 @@ impl Supervisor {
         app: AppClient,
         dedup: Arc<dyn DedupStore>,
         store: EmbeddedStore,
-        counters: Arc<Counters>,
+        metrics: Arc<Metrics>,
     ) -> (Self, watch::Receiver<States>) {
         let (states, receiver) = watch::channel(States::new());
         let supervisor = Supervisor {
@@ -127,7 +129,7 @@ impl Supervisor {
             app,
             dedup,
             store,
-            counters,
+            metrics,
         };
         supervisor.mark_all_starting();
         (supervisor, receiver)
@@ -146,7 +148,9 @@ impl Supervisor {
                 Ok(Ok((connection, republish))) => {
                     backoff.reset();
                     info!("consumer connection open");
+                    self.metrics.connected(MetricsConnection::Consume, true);
                     let ended = self.serve(&connection, &republish, &shutdown).await;
+                    self.metrics.connected(MetricsConnection::Consume, false);
                     let _ = timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
                     self.mark_all_starting();
                     match ended {
@@ -192,6 +196,8 @@ impl Supervisor {
         let mut desired = self.desired.clone();
         let mut events = connection.events_listener();
         let mut check = tokio::time::interval(CHECK_EVERY);
+        let mut depths = tokio::time::interval(DEPTHS_EVERY);
+        let mut inspector: Option<Channel> = None;
         let wanted = desired.borrow_and_update().clone();
         self.reconcile(connection, &wanted, &mut workers, &mut pending)
             .await;
@@ -216,6 +222,7 @@ impl Supervisor {
                     }
                     self.restart_due(&mut workers, &mut pending).await;
                 }
+                _ = depths.tick() => self.read_depths(connection, &workers, &mut inspector).await,
             }
             self.start_pending(connection, republish, &tasks, &mut workers, &mut pending)
                 .await;
@@ -282,7 +289,13 @@ impl Supervisor {
             }
         }
         self.states.send_modify(|states| {
-            states.retain(|name, _| by_name.contains_key(name.as_str()));
+            states.retain(|name, _| {
+                let wanted = by_name.contains_key(name.as_str());
+                if !wanted {
+                    self.metrics.forget_subscription(name);
+                }
+                wanted
+            });
             for subscription in wanted {
                 let current = states.get(&subscription.name);
                 if current.is_none_or(|s| s.spec != subscription.spec) {
@@ -296,6 +309,38 @@ impl Supervisor {
                 }
             }
         });
+    }
+
+    /// Reads each running subscription's queue and dead-letter depths into the metrics.
+    async fn read_depths(
+        &self,
+        connection: &Connection,
+        workers: &BTreeMap<String, Worker>,
+        inspector: &mut Option<Channel>,
+    ) {
+        if !inspector.as_ref().is_some_and(|c| c.status().connected()) {
+            // A channel of its own: a failed passive declare closes the channel it ran on.
+            *inspector = timeout(CHECK_EVERY, connection.create_channel())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(channel) = inspector.as_ref() else {
+            return;
+        };
+        for (name, worker) in workers {
+            let queues = Queues::new(&self.config.service, &worker.subscription);
+            let read = async {
+                let main = queue_depth(channel, &queues.main).await?;
+                let dead = queue_depth(channel, &queues.dlq).await?;
+                Ok::<_, lapin::Error>((main, dead))
+            };
+            match timeout(CHECK_EVERY, read).await {
+                Ok(Ok((main, dead))) => self.metrics.depths(name, main, dead),
+                Ok(Err(error)) => debug!(%error, subscription = %name, "cannot read queue depths"),
+                Err(_) => debug!(subscription = %name, "reading queue depths timed out"),
+            }
+        }
     }
 
     /// After `versions` changed, removes the bindings of majors no longer accepted.
@@ -455,7 +500,7 @@ impl Supervisor {
             store: self.store.clone(),
             retention: self.config.retention,
             republish: republish.clone(),
-            counters: self.counters.clone(),
+            metrics: self.metrics.clone(),
         });
         let stop = CancellationToken::new();
         let task = tasks.spawn(consume(

@@ -1,0 +1,366 @@
+//! The Prometheus metrics of `/metrics`. Labels are bounded: outcomes and connection kinds
+//! are fixed words, subscriptions are configured names, and event types are capped (an app
+//! could make up any number of them).
+
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Distinct event types with a label of their own; the rest count as `other`.
+const MAX_EVENT_TYPES: usize = 200;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    event_type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    subscription: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriptionLabels {
+    subscription: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    connection: &'static str,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// How a delivery attempt ended, for `causeway_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The app accepted the event.
+    Success,
+    /// It failed and waits for another attempt.
+    Retry,
+    /// It went to the dead-letter queue.
+    DeadLettered,
+    /// The app already had it; skipped.
+    Duplicate,
+}
+
+impl DeliveryOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Success => "success",
+            DeliveryOutcome::Retry => "retry",
+            DeliveryOutcome::DeadLettered => "dead_lettered",
+            DeliveryOutcome::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Which broker connection a gauge is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// The publishing connection.
+    Publish,
+    /// The consuming connection.
+    Consume,
+}
+
+/// Every metric of the sidecar.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    publishes: Family<PublishLabels, Counter>,
+    publish_seconds: Histograms<OutcomeLabels>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    delivery_seconds: Histograms<SubscriptionLabels>,
+    end_to_end_seconds: Histograms<SubscriptionLabels>,
+    queue_depth: Family<SubscriptionLabels, Gauge>,
+    dead_letter_depth: Family<SubscriptionLabels, Gauge>,
+    in_flight: Family<KindLabels, Gauge>,
+    broker_connected: Family<ConnectionLabels, Gauge>,
+    unrouted: Gauge,
+    event_types: Mutex<HashSet<String>>,
+}
+
+fn latency() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn end_to_end() -> Histogram {
+    // 1 ms … ~9 h: events can wait in queues and retries for a long time.
+    Histogram::new(exponential_buckets(0.001, 3.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let publishes = Family::<PublishLabels, Counter>::default();
+        let publish_seconds: Histograms<OutcomeLabels> = Family::new_with_constructor(latency);
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        let delivery_seconds: Histograms<SubscriptionLabels> =
+            Family::new_with_constructor(latency);
+        let end_to_end_seconds: Histograms<SubscriptionLabels> =
+            Family::new_with_constructor(end_to_end);
+        let queue_depth = Family::<SubscriptionLabels, Gauge>::default();
+        let dead_letter_depth = Family::<SubscriptionLabels, Gauge>::default();
+        let in_flight = Family::<KindLabels, Gauge>::default();
+        let broker_connected = Family::<ConnectionLabels, Gauge>::default();
+        let unrouted = Gauge::default();
+        registry.register(
+            "causeway_publishes",
+            "Publish requests by event type and outcome (accepted, rejected, unavailable, timeout)",
+            publishes.clone(),
+        );
+        registry.register(
+            "causeway_publish_duration_seconds",
+            "Time from a publish request to its answer, by outcome",
+            publish_seconds.clone(),
+        );
+        registry.register(
+            "causeway_deliveries",
+            "Delivery attempts by subscription and outcome (success, retry, dead_lettered, duplicate)",
+            deliveries.clone(),
+        );
+        registry.register(
+            "causeway_delivery_duration_seconds",
+            "Time the app took to answer a delivery, by subscription",
+            delivery_seconds.clone(),
+        );
+        registry.register(
+            "causeway_end_to_end_seconds",
+            "Time from an event's occurred_at to its acknowledged delivery, by subscription",
+            end_to_end_seconds.clone(),
+        );
+        registry.register(
+            "causeway_queue_depth",
+            "Events waiting in a subscription's queue (consumer lag), read from the broker",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "causeway_dead_letter_depth",
+            "Events in a subscription's dead-letter queue, read from the broker",
+            dead_letter_depth.clone(),
+        );
+        registry.register(
+            "causeway_in_flight",
+            "Publishes waiting for a confirm, and deliveries waiting for the app",
+            in_flight.clone(),
+        );
+        registry.register(
+            "causeway_broker_connected",
+            "1 when the connection (publish or consume) to the broker is up",
+            broker_connected.clone(),
+        );
+        registry.register(
+            "causeway_unrouted_events",
+            "Events waiting in the unrouted queue: published with no subscription bound",
+            unrouted.clone(),
+        );
+        Metrics {
+            registry,
+            publishes,
+            publish_seconds,
+            deliveries,
+            delivery_seconds,
+            end_to_end_seconds,
+            queue_depth,
+            dead_letter_depth,
+            in_flight,
+            broker_connected,
+            unrouted,
+            event_types: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts a publish and how long it took.
+    pub fn publish(&self, event_type: &str, outcome: &'static str, took: Duration) {
+        let event_type = self.event_type_label(event_type);
+        self.publishes
+            .get_or_create(&PublishLabels {
+                event_type,
+                outcome,
+            })
+            .inc();
+        self.publish_seconds
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a delivery attempt's outcome.
+    pub fn delivery(&self, subscription: &str, outcome: DeliveryOutcome) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                subscription: subscription.to_owned(),
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Records how long the app took to answer.
+    pub fn delivery_took(&self, subscription: &str, took: Duration) {
+        self.delivery_seconds
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records the time from `occurred_at` to the acknowledged delivery.
+    pub fn end_to_end(&self, subscription: &str, took: Duration) {
+        self.end_to_end_seconds
+            .get_or_create(&SubscriptionLabels {
+                subscription: subscription.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Sets the depths read from the broker.
+    pub fn depths(&self, subscription: &str, queue: u32, dead_letters: u32) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_owned(),
+        };
+        self.queue_depth
+            .get_or_create(&labels)
+            .set(i64::from(queue));
+        self.dead_letter_depth
+            .get_or_create(&labels)
+            .set(i64::from(dead_letters));
+    }
+
+    /// Drops the gauges of a subscription that is gone.
+    pub fn forget_subscription(&self, subscription: &str) {
+        let labels = SubscriptionLabels {
+            subscription: subscription.to_owned(),
+        };
+        self.queue_depth.remove(&labels);
+        self.dead_letter_depth.remove(&labels);
+    }
+
+    /// A guard counting one publish (or delivery) in flight while it lives.
+    pub fn in_flight(&self, kind: &'static str) -> InFlight {
+        let gauge = self.in_flight.get_or_create(&KindLabels { kind }).clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Sets whether a broker connection is up.
+    pub fn connected(&self, connection: Connection, up: bool) {
+        let connection = match connection {
+            Connection::Publish => "publish",
+            Connection::Consume => "consume",
+        };
+        self.broker_connected
+            .get_or_create(&ConnectionLabels { connection })
+            .set(i64::from(up));
+    }
+
+    /// Sets the unrouted queue's depth.
+    pub fn unrouted(&self, depth: u64) {
+        self.unrouted.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    fn event_type_label(&self, event_type: &str) -> String {
+        let mut seen = self
+            .event_types
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(event_type) {
+            return event_type.to_owned();
+        }
+        if seen.len() < MAX_EVENT_TYPES {
+            seen.insert(event_type.to_owned());
+            return event_type.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+/// Counts one unit of work in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_exposed_with_their_labels() {
+        let metrics = Metrics::default();
+        metrics.publish("OrderPlaced", "accepted", Duration::from_millis(2));
+        metrics.delivery("ship", DeliveryOutcome::Duplicate);
+        metrics.depths("ship", 3, 1);
+        metrics.connected(Connection::Publish, true);
+        let guard = metrics.in_flight("delivery");
+        let text = metrics.encode();
+        drop(guard);
+        for line in [
+            "causeway_publishes_total{event_type=\"OrderPlaced\",outcome=\"accepted\"} 1",
+            "causeway_deliveries_total{subscription=\"ship\",outcome=\"duplicate\"} 1",
+            "causeway_dead_letter_depth{subscription=\"ship\"} 1",
+            "causeway_queue_depth{subscription=\"ship\"} 3",
+            "causeway_broker_connected{connection=\"publish\"} 1",
+            "causeway_in_flight{kind=\"delivery\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(
+            metrics
+                .encode()
+                .contains("causeway_in_flight{kind=\"delivery\"} 0")
+        );
+    }
+
+    #[test]
+    fn event_type_labels_are_capped() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_EVENT_TYPES + 5 {
+            metrics.publish(&format!("Type{n}"), "accepted", Duration::ZERO);
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("event_type=\"other\",outcome=\"accepted\"} 5"),
+            "{text}"
+        );
+    }
+}
