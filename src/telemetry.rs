@@ -10,7 +10,7 @@ mod propagation;
 
 use std::time::Duration;
 
-use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt};
@@ -40,14 +40,13 @@ pub enum TelemetryError {
 /// Installs logging and tracing for the whole process. Call it inside the tokio runtime:
 /// the gRPC exporter needs one.
 pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryError> {
-    let resource = Resource::builder()
-        .with_attribute(KeyValue::new("service.name", service.to_owned()))
-        // OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, win over the default.
-        .with_detectors(&[
-            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
-            Box::new(opentelemetry_sdk::resource::SdkProvidedResourceDetector),
-        ])
-        .build();
+    // OTEL_SERVICE_NAME wins when set; otherwise the service is CAUSEWAY_SERVICE.
+    // OTEL_RESOURCE_ATTRIBUTES is read by the builder's own detectors.
+    let service_name = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|name| !name.trim().is_empty())
+        .unwrap_or_else(|| service.to_owned());
+    let resource = Resource::builder().with_service_name(service_name).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     let exporting = exporter_wanted();
     if exporting {

@@ -43,6 +43,8 @@ struct Script {
     next: HashMap<String, VecDeque<u16>>,
     always: HashMap<String, u16>,
     delay: HashMap<String, Duration>,
+    /// Publish in reaction: (sidecar API URL, event type) per path.
+    react: HashMap<String, (String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -94,6 +96,16 @@ impl TestApp {
     pub fn delay(&self, path: &str, delay: Duration) {
         let mut script = self.shared.script.lock().unwrap();
         script.delay.insert(path.to_string(), delay);
+    }
+
+    /// On each delivery to `path`, publishes `event_type` through the sidecar at `api`, as
+    /// an app that reacts to an event does: it echoes the event id in `X-Causation-ID` and
+    /// passes the `traceparent` it received, then answers.
+    pub fn react(&self, path: &str, api: &str, event_type: &str) {
+        let mut script = self.shared.script.lock().unwrap();
+        script
+            .react
+            .insert(path.to_string(), (api.to_string(), event_type.to_string()));
     }
 
     pub fn received(&self, path: &str) -> Vec<Received> {
@@ -148,16 +160,40 @@ async fn record(
         at: Instant::now(),
     };
     shared.received.lock().unwrap().push(received);
-    let (status, delay) = {
+    let (status, delay, react) = {
         let mut script = shared.script.lock().unwrap();
         let scripted = script.next.get_mut(&path).and_then(VecDeque::pop_front);
         let status = scripted
             .or_else(|| script.always.get(&path).copied())
             .unwrap_or(200);
-        (status, script.delay.get(&path).copied())
+        (
+            status,
+            script.delay.get(&path).copied(),
+            script.react.get(&path).cloned(),
+        )
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
+    }
+    if let Some((api, event_type)) = react {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let published = super::http_client()
+            .post(format!("{api}/v1/publish/{event_type}"))
+            .header("content-type", "application/json")
+            .header("X-Causation-ID", header("x-event-id"))
+            .header("traceparent", header("traceparent"))
+            .body("{}")
+            .send()
+            .await;
+        if !published.is_ok_and(|r| r.status().is_success()) {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
     }
     StatusCode::from_u16(status).unwrap()
 }
