@@ -14,26 +14,30 @@ pub struct ApiTarget {
 }
 
 /// A dead-letter command.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Subcommand)]
 pub enum DlqCommand {
-    /// Show up to `limit` dead letters.
+    /// List the oldest dead letters, with why each one failed.
     List {
-        /// The subscription.
+        /// The subscription's name.
         subscription: String,
-        /// How many to show.
+        /// How many to show (at most 1000).
+        #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Send dead letters back for delivery: all, or those named.
+    /// Send dead letters back for delivery, with attempts reset: all, or the given ids.
     Replay {
-        /// The subscription.
+        /// The subscription's name.
         subscription: String,
-        /// Event ids; all when empty.
+        /// Event ids to replay; all when none are given.
         event_ids: Vec<String>,
     },
-    /// Delete every dead letter.
+    /// Delete every dead letter of a subscription, for good.
     Purge {
-        /// The subscription.
+        /// The subscription's name.
         subscription: String,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -49,6 +53,9 @@ pub enum CliError {
         #[source]
         source: reqwest::Error,
     },
+    /// A purge without `--yes`.
+    #[error("purge deletes every dead letter of {0} for good; add --yes to do it")]
+    Unconfirmed(String),
     /// The API answered with an error.
     #[error("{status}: {detail}")]
     Refused {
@@ -84,7 +91,10 @@ pub async fn dlq(target: &ApiTarget, command: DlqCommand) -> Result<String, CliE
             }
             Ok(out)
         }
-        DlqCommand::Purge { subscription } => {
+        DlqCommand::Purge { subscription, yes } => {
+            if !yes {
+                return Err(CliError::Unconfirmed(subscription));
+            }
             let path = format!("/v1/subscriptions/{subscription}/dead-letters");
             let purged = call(target, reqwest::Method::DELETE, &path, None).await?;
             Ok(format!("purged {}\n", purged["purged"]))

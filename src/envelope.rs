@@ -32,6 +32,24 @@ pub struct Envelope {
     pub payload: Box<RawValue>,
 }
 
+/// Who an event is: the envelope without its source and payload. It is what a publish
+/// answers with (`202`), and what an idempotency key remembers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventIdentity {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its type.
+    pub event_type: String,
+    /// Its schema version.
+    pub schema_version: SchemaVersion,
+    /// Its correlation id.
+    pub correlation_id: String,
+    /// Its causation id.
+    pub causation_id: Option<String>,
+    /// When it was accepted.
+    pub occurred_at: String,
+}
+
 /// W3C trace context to carry along with an event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceContext {
@@ -42,6 +60,32 @@ pub struct TraceContext {
 }
 
 impl Envelope {
+    /// An envelope for `identity`, published by `source`.
+    pub fn new(identity: EventIdentity, source: &str, payload: Box<RawValue>) -> Self {
+        Envelope {
+            event_id: identity.event_id,
+            event_type: identity.event_type,
+            schema_version: identity.schema_version,
+            correlation_id: identity.correlation_id,
+            causation_id: identity.causation_id,
+            occurred_at: identity.occurred_at,
+            source: source.to_owned(),
+            payload,
+        }
+    }
+
+    /// Who the event is.
+    pub fn identity(&self) -> EventIdentity {
+        EventIdentity {
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            occurred_at: self.occurred_at.clone(),
+        }
+    }
+
     /// The routing key on the events exchange: `{event_type}.v{major}`.
     pub fn routing_key(&self) -> String {
         routing_key(&self.event_type, self.schema_version.major)

@@ -33,7 +33,7 @@ enum Command {
     /// Look at, replay or purge a subscription's dead letters, through a running sidecar.
     Dlq {
         #[command(subcommand)]
-        action: DlqAction,
+        command: DlqCommand,
         /// The sidecar's API.
         #[arg(
             long,
@@ -53,95 +53,53 @@ enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum DlqAction {
-    /// List the oldest dead letters, with why each one failed.
-    List {
-        /// The subscription's name.
-        subscription: String,
-        /// How many to show (at most 1000).
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// Send dead letters back for delivery, with attempts reset: all, or the given ids.
-    Replay {
-        /// The subscription's name.
-        subscription: String,
-        /// Event ids to replay; all when none are given.
-        event_ids: Vec<String>,
-    },
-    /// Delete every dead letter of a subscription, for good.
-    Purge {
-        /// The subscription's name.
-        subscription: String,
-        /// Confirm the deletion.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
 /// How long buffered spans may take to export at exit.
 const SPAN_FLUSH: Duration = Duration::from_secs(5);
 
 /// Exit code when the sidecar's API cannot be reached (EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code for a command that needs more (a purge without --yes), as clap uses.
+const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
-        Command::Dlq { action, api, token } => dlq(action, ApiTarget { url: api, token }),
+        Command::Dlq {
+            command,
+            api,
+            token,
+        } => dlq(command, &ApiTarget { url: api, token }),
     }
 }
 
-fn dlq(action: DlqAction, target: ApiTarget) -> ExitCode {
-    let command = match action {
-        DlqAction::List {
-            subscription,
-            limit,
-        } => DlqCommand::List {
-            subscription,
-            limit,
-        },
-        DlqAction::Replay {
-            subscription,
-            event_ids,
-        } => DlqCommand::Replay {
-            subscription,
-            event_ids,
-        },
-        DlqAction::Purge { subscription, yes } => {
-            if !yes {
-                eprintln!(
-                    "causeway: purge deletes every dead letter of {subscription} for good; add --yes to do it"
-                );
-                return ExitCode::from(2);
-            }
-            DlqCommand::Purge { subscription }
-        }
+fn dlq(command: DlqCommand, target: &ApiTarget) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("causeway: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(cli::dlq(&target, command)) {
+    match runtime.block_on(cli::dlq(target, command)) {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
         }
-        Err(error @ CliError::Unreachable { .. }) => {
-            eprintln!("causeway: {error}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
         Err(error) => {
             eprintln!("causeway: {error}");
-            ExitCode::FAILURE
+            match error {
+                CliError::Unreachable { .. } => ExitCode::from(EXIT_UNAVAILABLE),
+                CliError::Unconfirmed(_) => ExitCode::from(EXIT_USAGE),
+                CliError::Refused { .. } => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// A runtime from `builder`, or `None` after saying why not.
+fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("causeway: cannot start the runtime: {error}");
+            None
         }
     }
 }
@@ -154,15 +112,8 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("causeway: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let telemetry = match telemetry::init(config.log_format, &config.service) {

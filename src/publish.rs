@@ -5,14 +5,13 @@ mod key_locks;
 
 use std::{sync::Arc, time::Duration};
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use uuid::Uuid;
 
 use crate::{
     broker::{PublishError, Publisher},
-    envelope::{Envelope, SchemaVersion, TraceContext, now_rfc3339},
+    envelope::{Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339},
     store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
     telemetry::{TraceExt, current_trace_id, metrics::Metrics, trace_of},
 };
@@ -37,22 +36,8 @@ pub struct PublishRequest {
     pub trace: TraceContext,
 }
 
-/// The answer to an accepted publish: what the app needs to know of its event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Accepted {
-    /// The new event's id.
-    pub event_id: Uuid,
-    /// Its type.
-    pub event_type: String,
-    /// Its schema version.
-    pub schema_version: SchemaVersion,
-    /// Its correlation id (given or new).
-    pub correlation_id: String,
-    /// Its causation id.
-    pub causation_id: Option<String>,
-    /// When it was accepted.
-    pub occurred_at: String,
-}
+/// The answer to an accepted publish: who the new event is.
+pub type Accepted = EventIdentity;
 
 /// Why a publish was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -146,24 +131,19 @@ impl PublishService {
         };
         let earlier = self.keys.get_key(&store_key).await?;
         if let Some(record) = &earlier {
-            if record.event_type != request.event_type {
+            if record.event.event_type != request.event_type {
                 return Err(Rejected::KeyReused {
-                    first: record.event_type.clone(),
+                    first: record.event.event_type.clone(),
                 });
             }
             if record.confirmed {
-                debug!(event_id = %record.event_id, "idempotent publish answered from the store");
-                return Ok(accepted_from(record));
+                debug!(event_id = %record.event.event_id, "idempotent publish answered from the store");
+                return Ok(record.event.clone());
             }
         }
         let (envelope, trace) = self.envelope(request, earlier.as_ref());
         let mut record = IdempotencyRecord {
-            event_id: envelope.event_id,
-            event_type: envelope.event_type.clone(),
-            schema_version: envelope.schema_version,
-            correlation_id: envelope.correlation_id.clone(),
-            causation_id: envelope.causation_id.clone(),
-            occurred_at: envelope.occurred_at.clone(),
+            event: envelope.identity(),
             confirmed: false,
             expires_at_ms: expiry_after(self.retention),
         };
@@ -211,34 +191,20 @@ impl PublishService {
         request: PublishRequest,
         earlier: Option<&IdempotencyRecord>,
     ) -> (Envelope, TraceContext) {
-        let (event_id, occurred_at, correlation_id, causation_id, schema_version) = match earlier {
-            Some(r) => (
-                r.event_id,
-                r.occurred_at.clone(),
-                r.correlation_id.clone(),
-                r.causation_id.clone(),
-                r.schema_version,
-            ),
-            None => (
-                Uuid::now_v7(),
-                now_rfc3339(),
-                request
+        let identity = match earlier {
+            Some(record) => record.event.clone(),
+            None => EventIdentity {
+                event_id: Uuid::now_v7(),
+                event_type: request.event_type,
+                schema_version: request.schema_version.unwrap_or(SchemaVersion::DEFAULT),
+                correlation_id: request
                     .correlation_id
                     .unwrap_or_else(|| Uuid::now_v7().to_string()),
-                request.causation_id,
-                request.schema_version.unwrap_or(SchemaVersion::DEFAULT),
-            ),
+                causation_id: request.causation_id,
+                occurred_at: now_rfc3339(),
+            },
         };
-        let envelope = Envelope {
-            event_id,
-            event_type: request.event_type,
-            schema_version,
-            correlation_id,
-            causation_id,
-            occurred_at,
-            source: self.source.to_string(),
-            payload: request.payload,
-        };
+        let envelope = Envelope::new(identity, &self.source, request.payload);
         (envelope, request.trace)
     }
 
@@ -295,24 +261,6 @@ impl PublishService {
             );
             return Err(error.into());
         }
-        Ok(Accepted {
-            event_id: envelope.event_id,
-            event_type: envelope.event_type,
-            schema_version: envelope.schema_version,
-            correlation_id: envelope.correlation_id,
-            causation_id: envelope.causation_id,
-            occurred_at: envelope.occurred_at,
-        })
-    }
-}
-
-fn accepted_from(record: &IdempotencyRecord) -> Accepted {
-    Accepted {
-        event_id: record.event_id,
-        event_type: record.event_type.clone(),
-        schema_version: record.schema_version,
-        correlation_id: record.correlation_id.clone(),
-        causation_id: record.causation_id.clone(),
-        occurred_at: record.occurred_at.clone(),
+        Ok(envelope.identity())
     }
 }

@@ -13,10 +13,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::envelope::EventIdentity;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
-
-use crate::envelope::SchemaVersion;
 
 pub use embedded::EmbeddedStore;
 pub use redis::RedisDedup;
@@ -31,18 +29,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// broker is a duplicate that delivery drops, never a second event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
-    /// The event id given to the first request with this key.
-    pub event_id: Uuid,
-    /// The event type of that request.
-    pub event_type: String,
-    /// Its schema version.
-    pub schema_version: SchemaVersion,
-    /// Its correlation id.
-    pub correlation_id: String,
-    /// Its causation id.
-    pub causation_id: Option<String>,
-    /// Its `occurred_at`.
-    pub occurred_at: String,
+    /// The event the first request with this key made.
+    #[serde(flatten)]
+    pub event: EventIdentity,
     /// Whether the broker confirmed it.
     pub confirmed: bool,
     /// When the record may be forgotten, in milliseconds since the Unix epoch.

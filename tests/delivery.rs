@@ -730,20 +730,10 @@ async fn sigterm_lets_a_delivery_in_flight_finish_and_returns_the_rest() {
     let status = sidecar.wait_exit(Duration::from_secs(20)).await;
 
     assert!(status.success());
-    let queue = broker
-        .channel
-        .queue_declare(
-            sidecar.queue("slow").as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    let (messages, consumers) = broker.queue_state(&sidecar.queue("slow")).await;
     // The one in flight finished and was acked; the two others wait for the next consumer.
-    assert_eq!(queue.message_count(), 2);
+    assert_eq!(messages, 2);
+    assert_eq!(consumers, 0, "the consumer outlived the process");
     assert_eq!(app.received("/slow").len(), 1);
 
     sidecar.cleanup_subscription(&broker, "slow").await;

@@ -311,19 +311,9 @@ async fn consumers_come_back_after_the_broker_connection_is_cut_without_leaking(
     let received = app.wait_for("/heal", 2, Duration::from_secs(15)).await;
 
     assert_eq!(received[1].body["payload"]["n"], 2);
-    let queue = broker
-        .channel
-        .queue_declare(
-            sidecar.queue("heal").as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(queue.consumer_count(), 1, "old consumers leaked");
+    let (messages, consumers) = broker.queue_state(&sidecar.queue("heal")).await;
+    assert_eq!(consumers, 1, "old consumers leaked");
+    assert_eq!(messages, 0, "events were left behind in the queue");
     sidecar
         .wait_for_log("consumer connection lost", Duration::from_secs(1))
         .await;

@@ -435,6 +435,24 @@ impl Broker {
             .unwrap();
     }
 
+    /// How many messages wait in `queue`, and how many consumers it has.
+    pub async fn queue_state(&self, queue: &str) -> (u32, u32) {
+        let channel = self.connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = channel.close(200, "done".into()).await;
+        (declared.message_count(), declared.consumer_count())
+    }
+
     pub async fn delete_exchange(&self, name: &str) {
         let _ = self
             .channel

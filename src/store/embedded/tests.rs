@@ -3,12 +3,14 @@ use uuid::Uuid;
 
 fn record(expires_at_ms: u64) -> IdempotencyRecord {
     IdempotencyRecord {
-        event_id: Uuid::now_v7(),
-        event_type: "OrderPlaced".into(),
-        schema_version: "1.0".parse().unwrap(),
-        correlation_id: "c".into(),
-        causation_id: None,
-        occurred_at: crate::envelope::now_rfc3339(),
+        event: crate::envelope::EventIdentity {
+            event_id: Uuid::now_v7(),
+            event_type: "OrderPlaced".into(),
+            schema_version: "1.0".parse().unwrap(),
+            correlation_id: "c".into(),
+            causation_id: None,
+            occurred_at: crate::envelope::now_rfc3339(),
+        },
         confirmed: false,
         expires_at_ms,
     }
