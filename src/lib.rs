@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod health;
 pub mod publish;
+pub mod schema;
 pub mod shutdown;
 pub mod sidecar;
 pub mod store;
