@@ -89,7 +89,8 @@ impl<'a> Walk<'a> {
         let lost: Vec<&String> = old_types
             .iter()
             .filter(|t| {
-                !new_types.contains(*t) && !(*t == "integer" && new_types.contains("number"))
+                let widened = *t == "integer" && new_types.contains("number");
+                !(new_types.contains(*t) || widened)
             })
             .collect();
         if !lost.is_empty() {
