@@ -240,7 +240,8 @@ impl<'a> Reader<'a> {
         match parse(value.trim()) {
             Ok(parsed) => Some(parsed),
             Err(problem) => {
-                self.invalid(origin, format!("{problem} (got {value:?})"));
+                let problem = with_value(key, &problem, &value);
+                self.invalid(origin, problem);
                 None
             }
         }
@@ -260,7 +261,8 @@ impl<'a> Reader<'a> {
         match parse(value.trim()) {
             Ok(parsed) => Some(Some(parsed)),
             Err(problem) => {
-                self.invalid(origin, format!("{problem} (got {value:?})"));
+                let problem = with_value(key, &problem, &value);
+                self.invalid(origin, problem);
                 None
             }
         }
@@ -408,6 +410,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The problem, with the value that caused it unless the value may hold a secret (URLs
+/// with credentials, the API token).
+fn with_value(key: &str, problem: &str, value: &str) -> String {
+    if matches!(key, "amqp_url" | "dedup_url" | "api_token") {
+        format!("{problem} (value not shown: it may hold a secret)")
+    } else {
+        format!("{problem} (got {value:?})")
+    }
+}
+
 /// A name usable in AMQP exchange and queue names: the service, the exchange.
 fn parse_name(value: &str, max: usize) -> Result<String, String> {
     let valid = !value.is_empty()
@@ -445,11 +457,11 @@ fn parse_amqp_url(value: &str) -> Result<String, String> {
     Ok(format!("{value}{separator}heartbeat=10"))
 }
 
+/// The app's URL: plain HTTP, as the app shares the pod's loopback with the sidecar.
 fn parse_http_url(value: &str) -> Result<String, String> {
     let rest = value
         .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))
-        .ok_or("expected an http:// or https:// URL")?;
+        .ok_or("expected an http:// URL (the app is reached over the pod's loopback)")?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err("the URL has no host".into());
     }
@@ -457,10 +469,10 @@ fn parse_http_url(value: &str) -> Result<String, String> {
 }
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
-    if value.starts_with("redis://") || value.starts_with("rediss://") {
+    if value.starts_with("redis://") {
         Ok(value.to_owned())
     } else {
-        Err("expected a redis:// or rediss:// URL".into())
+        Err("expected a redis:// URL (TLS to Redis is not supported)".into())
     }
 }
 

@@ -216,3 +216,24 @@ fn unknown_causeway_variables_are_warned_about_but_kubernetes_ones_are_not() {
         ["CAUSEWAY_MAX_BODYY is set but no setting reads it (a typo?)"]
     );
 }
+
+#[test]
+fn values_that_may_hold_secrets_are_not_echoed() {
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_AMQP_URL", "http://user:hunter2@rabbit"),
+            ("CAUSEWAY_DEDUP_URL", "rediss://:hunter2@redis"),
+            ("CAUSEWAY_APP_URL", "https://127.0.0.1:8080"),
+        ]),
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("CAUSEWAY_AMQP_URL") && text.contains("CAUSEWAY_DEDUP_URL"),
+        "{text}"
+    );
+    assert!(text.contains("\"https://127.0.0.1:8080\""), "{text}");
+}

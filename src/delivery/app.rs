@@ -26,6 +26,9 @@ impl AppClient {
         let http = reqwest::Client::builder()
             // Deliveries go to the app in the same pod: never through an HTTP proxy.
             .no_proxy()
+            // A redirect is an answer like any other non-2xx: a 301/302 would otherwise
+            // turn the POST into a GET somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
