@@ -9,6 +9,7 @@ mod auth;
 mod body;
 pub mod problem;
 mod publish;
+mod schemas;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::{
     delivery::{DeadLetters, States},
     health::Health,
     publish::PublishService,
+    schema::SchemaRegistry,
     subscription::Registry,
     telemetry::metrics::Metrics,
 };
@@ -51,12 +53,16 @@ pub struct ApiState {
     pub dead_letters: DeadLetters,
     /// Publish counts and latencies.
     pub metrics: Arc<Metrics>,
+    /// The registered schemas.
+    pub schemas: Arc<SchemaRegistry>,
 }
 
 /// The app-facing API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/publish/{event_type}", post(publish::publish))
+        .route("/v1/schemas", get(schemas::list))
+        .route("/v1/schemas/{event_type}/{version}", get(schemas::get))
         .route("/v1/subscriptions", get(subscriptions::list))
         .route(
             "/v1/subscriptions/{name}",

@@ -42,6 +42,8 @@ pub struct Config {
     pub dedup_url: Option<String>,
     /// Optional JSON Schema directory.
     pub schemas_dir: Option<PathBuf>,
+    /// Whether event types without a schema are refused.
+    pub schemas_strict: bool,
     /// When set, the API requires `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
     /// Largest accepted request body, in bytes.
@@ -120,6 +122,7 @@ const KEYS: &[&str] = &[
     "data_dir",
     "dedup_url",
     "schemas_dir",
+    "schemas_strict",
     "api_token",
     "max_body",
     "confirm_timeout",
@@ -286,6 +289,7 @@ impl<'a> Reader<'a> {
         let data_dir = self.get("data_dir", Some("/var/lib/causeway"), parse_path);
         let dedup_url = self.optional("dedup_url", parse_redis_url);
         let schemas_dir = self.optional("schemas_dir", parse_path);
+        let schemas_strict = self.get("schemas_strict", Some("false"), parse_bool);
         let api_token = self.optional("api_token", parse_token);
         let max_body = self.get("max_body", Some("1MiB"), parse_size);
         let confirm_timeout = self.get("confirm_timeout", Some("5s"), parse_duration);
@@ -311,6 +315,7 @@ impl<'a> Reader<'a> {
             data_dir: data_dir?,
             dedup_url: dedup_url?,
             schemas_dir: schemas_dir?,
+            schemas_strict: schemas_strict?,
             api_token: api_token?,
             max_body: max_body?,
             dedup_retention: dedup_retention?,
@@ -525,6 +530,14 @@ fn parse_count(value: &str, max: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("expected a whole number from 1 to {max}")),
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 

@@ -10,7 +10,9 @@ use tracing::{error, info, warn};
 use causeway::{
     cli::{self, ApiTarget, CliError, DlqCommand},
     config::Config,
-    shutdown, sidecar, telemetry,
+    shutdown,
+    sidecar::{self, SidecarError},
+    telemetry,
 };
 
 /// Exit code for invalid configuration (EX_CONFIG would be 78; the contract says 64, EX_USAGE).
@@ -126,6 +128,7 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
         for warning in &config.warnings {
             warn!("{warning}");
         }
+        info!(exporting = telemetry.exporting(), "tracing ready");
         let shutdown = CancellationToken::new();
         tokio::spawn(drain_on_signal(shutdown.clone()));
         let result = sidecar::run(config, shutdown).await;
@@ -140,6 +143,10 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
         Ok(()) => {
             info!("stopped");
             ExitCode::SUCCESS
+        }
+        Err(error @ SidecarError::Schema(_)) => {
+            error!(%error, "invalid configuration");
+            ExitCode::from(EXIT_CONFIG)
         }
         Err(error) => {
             error!(%error, "stopped on a fault");

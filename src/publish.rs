@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::{
     broker::{PublishError, Publisher},
     envelope::{Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339},
+    schema::{Invalid, SchemaRegistry},
     store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
     telemetry::{TraceExt, current_trace_id, metrics::Metrics, trace_of},
 };
@@ -57,6 +58,9 @@ pub enum Rejected {
         /// The event type the key was first used with.
         first: String,
     },
+    /// The payload does not match its schema, or its version is not registered.
+    #[error(transparent)]
+    Schema(#[from] Invalid),
     /// The envelope does not fit AMQP properties.
     #[error(transparent)]
     Envelope(#[from] crate::envelope::EnvelopeError),
@@ -72,6 +76,7 @@ pub struct PublishService {
     locks: Arc<KeyLocks>,
     retention: Duration,
     metrics: Arc<Metrics>,
+    schemas: Arc<SchemaRegistry>,
 }
 
 impl std::fmt::Debug for PublishService {
@@ -91,6 +96,7 @@ impl PublishService {
         causes: Arc<dyn CorrelationMemory>,
         retention: Duration,
         metrics: Arc<Metrics>,
+        schemas: Arc<SchemaRegistry>,
     ) -> Self {
         PublishService {
             source: source.into(),
@@ -100,6 +106,7 @@ impl PublishService {
             locks: Arc::default(),
             retention,
             metrics,
+            schemas,
         }
     }
 
@@ -115,6 +122,7 @@ impl PublishService {
 
     /// Publishes one event and returns once the broker confirmed it.
     pub async fn publish(&self, mut request: PublishRequest) -> Result<Accepted, Rejected> {
+        self.check(&mut request)?;
         if request.correlation_id.is_none() {
             request.correlation_id = self.inherited_correlation(request.causation_id.as_deref());
         }
@@ -171,6 +179,18 @@ impl PublishService {
             warn!(%error, event_id = %accepted.event_id, "cannot mark the idempotency key confirmed");
         }
         Ok(accepted)
+    }
+
+    /// Checks the payload against its schema and settles the version (the one asked for,
+    /// or the highest registered).
+    pub fn check(&self, request: &mut PublishRequest) -> Result<(), Invalid> {
+        let version = self.schemas.check(
+            &request.event_type,
+            request.schema_version,
+            &request.payload,
+        )?;
+        request.schema_version = Some(version);
+        Ok(())
     }
 
     /// The correlation id of the causing event, when this sidecar delivered it: an app that

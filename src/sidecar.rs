@@ -12,7 +12,11 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -23,6 +27,7 @@ use crate::{
     delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
     health::Health,
     publish::PublishService,
+    schema::{SchemaError, SchemaRegistry},
     store::{DedupStore, EmbeddedStore, RedisDedup, StoreError},
     subscription::Registry,
     telemetry::metrics::Metrics,
@@ -43,6 +48,9 @@ pub enum SidecarError {
         #[source]
         source: io::Error,
     },
+    /// A schema could not be loaded: a configuration error.
+    #[error("schemas: {0}")]
+    Schema(#[from] SchemaError),
     /// The HTTP client for the app could not be built.
     #[error("cannot build the app client: {0}")]
     AppClient(#[from] reqwest::Error),
@@ -59,6 +67,10 @@ pub enum SidecarError {
 
 /// Runs the sidecar until `shutdown` is cancelled, then drains it.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    let schemas = Arc::new(SchemaRegistry::load(
+        config.schemas_dir.as_deref(),
+        config.schemas_strict,
+    )?);
     let store = EmbeddedStore::open(&config.data_dir)?;
     let dedup: Arc<dyn DedupStore> = match &config.dedup_url {
         Some(url) => Arc::new(RedisDedup::connect(url, &config.service).await?),
@@ -91,9 +103,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         dedup,
         store.clone(),
         metrics.clone(),
+        schemas.clone(),
     );
     let consumers_task = tokio::spawn(supervisor.run(shutdown.clone()));
     let sweeper_task = tokio::spawn(store.clone().run_sweeper(shutdown.clone()));
+    tokio::spawn(reload_on_hangup(schemas.clone(), shutdown.clone()));
 
     let publisher = Publisher::new(
         link,
@@ -108,6 +122,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         Arc::new(store),
         config.dedup_retention,
         metrics.clone(),
+        schemas.clone(),
     );
     let health = Health::default();
     let api_state = ApiState {
@@ -120,6 +135,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         states: states.clone(),
         dead_letters: DeadLetters::new(&config.broker.url),
         metrics: metrics.clone(),
+        schemas,
     };
     let admin_shutdown = CancellationToken::new();
     let mut api_task = serve(
@@ -172,6 +188,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
+    }
+}
+
+/// Reads the schema directory again on each SIGHUP; a bad change keeps the old schemas.
+async fn reload_on_hangup(schemas: Arc<SchemaRegistry>, shutdown: CancellationToken) {
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangups.recv() => match schemas.reload() {
+                Ok(count) => info!(schemas = count, "schemas reloaded"),
+                Err(error) => warn!(%error, "schemas not reloaded; the previous ones stay in use"),
+            },
+        }
     }
 }
 

@@ -40,6 +40,10 @@ pub struct SubscriptionSpec {
     /// How long one POST to the app may take.
     #[serde(default = "defaults::timeout_ms")]
     pub timeout_ms: u64,
+    /// Check each delivery against the local schema registry; a mismatch is dead-lettered
+    /// with reason `schema`.
+    #[serde(default)]
+    pub validate: bool,
 }
 
 mod defaults {

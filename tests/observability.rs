@@ -390,3 +390,36 @@ async fn metrics_expose_every_family_and_the_dead_letter_depth_rises() {
     sidecar.cleanup_subscription(&broker, "no").await;
     sidecar.cleanup(&broker).await;
 }
+
+/// Every alert in deploy/ names a severity and a runbook that exists, and every runbook
+/// page belongs to an alert.
+#[test]
+fn every_alert_has_a_runbook() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yaml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
+        .collect();
+    let severities = rules
+        .lines()
+        .filter(|l| l.trim().starts_with("severity: "))
+        .count();
+    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(runbooks.len(), alerts.len());
+    assert_eq!(severities, alerts.len());
+    for runbook in &runbooks {
+        let page = std::fs::read_to_string(root.join(runbook))
+            .unwrap_or_else(|_| panic!("{runbook} is missing"));
+        assert!(page.starts_with("# "), "{runbook} has no title");
+    }
+    let pages = std::fs::read_dir(root.join("docs/runbooks"))
+        .unwrap()
+        .count();
+    assert_eq!(pages, runbooks.len(), "a runbook page without an alert");
+    assert!(rules.contains("causeway_dead_letter_depth) > 0"));
+}

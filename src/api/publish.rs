@@ -198,6 +198,17 @@ fn is_valid_traceparent(value: &str) -> bool {
             && hex(flags, 2))
 }
 
+/// 422 naming every failure.
+pub(super) fn schema_problem(invalid: &crate::schema::Invalid) -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "schema-validation-failed",
+        "Schema validation failed",
+        invalid.to_string(),
+    )
+    .with_errors(invalid.violations())
+}
+
 /// The answer for a publish that did not go through.
 fn problem_for(rejected: Rejected) -> Problem {
     match rejected {
@@ -234,6 +245,7 @@ fn problem_for(rejected: Rejected) -> Problem {
                  for a different event"
             ),
         ),
+        Rejected::Schema(invalid) => schema_problem(&invalid),
         Rejected::Store(error) => {
             error!(%error, "idempotency store failed");
             Problem::internal()

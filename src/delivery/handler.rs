@@ -25,6 +25,7 @@ use super::{
 use crate::{
     broker::{PublishError, publish_confirmed},
     envelope::{Envelope, now_rfc3339},
+    schema::{Invalid, SchemaRegistry},
     store::{Claim, DedupStore, EmbeddedStore, StoreError},
     subscription::Subscription,
     telemetry::{
@@ -51,6 +52,7 @@ pub(crate) struct Context {
     /// A channel in confirm mode on the consuming connection, for retries and dead letters.
     pub(crate) republish: Channel,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) schemas: Arc<SchemaRegistry>,
 }
 
 /// Where a message goes when it leaves the main queue without being done.
@@ -116,7 +118,8 @@ impl Context {
                     "undecodable message dead-lettered"
                 );
                 span.record("causeway.outcome", "dead_lettered");
-                span.fail(&last_error);
+                // The parser's message may quote the body: keep it out of exported spans.
+                span.fail("not a valid envelope");
                 let dead = Move::DeadLetter {
                     reason: Reason::Undecodable,
                     attempts: attempt.saturating_sub(1),
@@ -140,6 +143,26 @@ impl Context {
             span.record("causeway.causation_id", causation_id.as_str());
         }
         let spec = &self.subscription.spec;
+        if spec.validate {
+            let checked = self.schemas.check(
+                &envelope.event_type,
+                Some(envelope.schema_version),
+                &envelope.payload,
+            );
+            if let Err(invalid) = checked {
+                let last_error = describe_invalid(&invalid);
+                // Validation messages may quote payload values: keep them out of spans.
+                Span::current().fail("the payload does not match its schema");
+                self.dead_lettered(&envelope, Reason::Schema, attempt - 1);
+                let dead = Move::DeadLetter {
+                    reason: Reason::Schema,
+                    attempts: attempt - 1,
+                    last_status: None,
+                    last_error,
+                };
+                return self.move_then_ack(&delivery, dead).await;
+            }
+        }
         if attempt > spec.max_attempts {
             // Returned to the queue more often than it may be tried (the sidecar died
             // during its deliveries): give up on it instead of trying forever.
@@ -149,6 +172,7 @@ impl Context {
                 last_status: None,
                 last_error: "returned to the queue unacknowledged too often".into(),
             };
+            Span::current().fail("returned to the queue unacknowledged too often");
             self.dead_lettered(&envelope, Reason::MaxAttempts, attempt - 1);
             return self.move_then_ack(&delivery, dead).await;
         }
@@ -252,6 +276,9 @@ impl Context {
                     self.metrics
                         .delivery(&self.subscription.name, DeliveryOutcome::Success);
                     span.record("causeway.outcome", "success");
+                    // An ordered retry may have marked the span failed before.
+                    span.record("otel.status_code", "ok");
+                    span.record("otel.status_description", "");
                     debug!(
                         subscription = %self.subscription.name,
                         event_id = %envelope.event_id,
@@ -433,6 +460,23 @@ impl Context {
         )
         .await
     }
+}
+
+/// A schema mismatch in one line: the first few failures with their paths.
+fn describe_invalid(invalid: &Invalid) -> String {
+    let failures: Vec<String> = invalid
+        .violations()
+        .iter()
+        .take(5)
+        .map(|v| {
+            if v.instance_path.is_empty() {
+                v.message.clone()
+            } else {
+                format!("{}: {}", v.instance_path, v.message)
+            }
+        })
+        .collect();
+    format!("{invalid}: {}", failures.join("; "))
 }
 
 async fn ack(delivery: &Delivery) {

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     broker::{Backoff, PublishTopology, queue_depth},
     config::BrokerConfig,
+    schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
     subscription::{Subscription, SubscriptionSpec},
     telemetry::metrics::{Connection as MetricsConnection, Metrics},
@@ -85,6 +86,7 @@ pub struct Supervisor {
     dedup: Arc<dyn DedupStore>,
     store: EmbeddedStore,
     metrics: Arc<Metrics>,
+    schemas: Arc<SchemaRegistry>,
 }
 
 /// A running consumer.
@@ -120,6 +122,7 @@ impl Supervisor {
         dedup: Arc<dyn DedupStore>,
         store: EmbeddedStore,
         metrics: Arc<Metrics>,
+        schemas: Arc<SchemaRegistry>,
     ) -> (Self, watch::Receiver<States>) {
         let (states, receiver) = watch::channel(States::new());
         let supervisor = Supervisor {
@@ -130,6 +133,7 @@ impl Supervisor {
             dedup,
             store,
             metrics,
+            schemas,
         };
         supervisor.mark_all_starting();
         (supervisor, receiver)
@@ -227,7 +231,9 @@ impl Supervisor {
             self.start_pending(connection, republish, &tasks, &mut workers, &mut pending)
                 .await;
         };
-        for worker in workers.values() {
+        for (name, worker) in &workers {
+            // Depths are no longer read: stale values would keep alerts firing (or silent).
+            self.metrics.forget_subscription(name);
             worker.stop.cancel();
             if matches!(ended, Ended::Lost(_)) {
                 // The channels are gone with the connection; the broker redelivers.
@@ -501,6 +507,7 @@ impl Supervisor {
             retention: self.config.retention,
             republish: republish.clone(),
             metrics: self.metrics.clone(),
+            schemas: self.schemas.clone(),
         });
         let stop = CancellationToken::new();
         let task = tasks.spawn(consume(

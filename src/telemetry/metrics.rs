@@ -112,7 +112,7 @@ fn latency() -> Histogram {
 }
 
 fn end_to_end() -> Histogram {
-    // 1 ms … ~9 h: events can wait in queues and retries for a long time.
+    // 1 ms … ~4 h: events can wait in queues and retries for a long time.
     Histogram::new(exponential_buckets(0.001, 3.0, 16))
 }
 
@@ -133,7 +133,7 @@ impl Default for Metrics {
         let unrouted = Gauge::default();
         registry.register(
             "causeway_publishes",
-            "Publish requests by event type and outcome (accepted, rejected, unavailable, timeout)",
+            "Publish requests by event type and outcome (accepted, rejected, unavailable, timeout, error)",
             publishes.clone(),
         );
         registry.register(
@@ -168,7 +168,7 @@ impl Default for Metrics {
         );
         registry.register(
             "causeway_in_flight",
-            "Publishes waiting for a confirm, and deliveries waiting for the app",
+            "Publishes under way (waiting for an in-flight slot or a confirm), and deliveries under way",
             in_flight.clone(),
         );
         registry.register(
@@ -181,6 +181,12 @@ impl Default for Metrics {
             "Events waiting in the unrouted queue: published with no subscription bound",
             unrouted.clone(),
         );
+        // Both connections start down, so that a sidecar that never connects is visible.
+        for connection in ["publish", "consume"] {
+            broker_connected
+                .get_or_create(&ConnectionLabels { connection })
+                .set(0);
+        }
         Metrics {
             registry,
             publishes,
