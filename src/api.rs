@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod auth;
+mod batch;
 mod body;
 pub mod problem;
 mod publish;
@@ -60,6 +61,7 @@ pub struct ApiState {
 /// The app-facing API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/v1/publish", post(batch::publish_batch))
         .route("/v1/publish/{event_type}", post(publish::publish))
         .route("/v1/schemas", get(schemas::list))
         .route("/v1/schemas/{event_type}/{version}", get(schemas::get))

@@ -13,5 +13,5 @@ mod topology;
 
 pub use backoff::Backoff;
 pub use connection::{Connector, Link};
-pub use publisher::{PublishError, Publisher, publish_confirmed};
+pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
 pub use topology::{PublishTopology, queue_depth};

@@ -1,4 +1,7 @@
-//! Command-line clients of a running sidecar's API: `causeway dlq list|replay|purge`.
+//! Command-line tools: `causeway dlq list|replay|purge` (clients of a running sidecar's
+//! API) and `causeway schema check|consumers`.
+
+pub mod schema;
 
 use std::fmt::Write as _;
 

@@ -53,6 +53,58 @@ enum Command {
         )]
         token: Option<String>,
     },
+    /// Check schema changes for safety, and find who consumes an event type.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Is NEW safe for the consumers of OLD? Exits 1 when it breaks them.
+    Check {
+        /// The schema in use.
+        old: PathBuf,
+        /// The proposed schema.
+        new: PathBuf,
+        /// Print JSON, for tools.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which queues receive EVENT_TYPE, and which major versions, from the broker's
+    /// bindings (needs the RabbitMQ management plugin).
+    Consumers {
+        /// The event type.
+        event_type: String,
+        /// The management API.
+        #[arg(
+            long,
+            env = "CAUSEWAY_MANAGEMENT_URL",
+            default_value = "http://127.0.0.1:15672"
+        )]
+        management_url: String,
+        /// Management API user.
+        #[arg(long, env = "CAUSEWAY_MANAGEMENT_USER", default_value = "guest")]
+        user: String,
+        /// Management API password.
+        #[arg(
+            long,
+            env = "CAUSEWAY_MANAGEMENT_PASSWORD",
+            default_value = "guest",
+            hide_env_values = true
+        )]
+        password: String,
+        /// The virtual host.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+        /// The events exchange.
+        #[arg(long, env = "CAUSEWAY_EXCHANGE", default_value = "causeway.events")]
+        exchange: String,
+        /// Print JSON, for tools.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How long buffered spans may take to export at exit.
@@ -72,6 +124,56 @@ fn main() -> ExitCode {
             api,
             token,
         } => dlq(command, &ApiTarget { url: api, token }),
+        Command::Schema { command } => schema(command),
+    }
+}
+
+fn schema(command: SchemaCommand) -> ExitCode {
+    match command {
+        SchemaCommand::Check { old, new, json } => match cli::schema::check(&old, &new, json) {
+            Ok(report) => {
+                print!("{}", report.output);
+                if report.breaking.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("causeway: {error}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
+        SchemaCommand::Consumers {
+            event_type,
+            management_url,
+            user,
+            password,
+            vhost,
+            exchange,
+            json,
+        } => {
+            let management = cli::schema::Management {
+                url: management_url,
+                user,
+                password,
+                vhost,
+                exchange,
+            };
+            let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(cli::schema::consumers(&management, &event_type, json)) {
+                Ok(output) => {
+                    print!("{output}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("causeway: {error}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
+                }
+            }
+        }
     }
 }
 

@@ -10,13 +10,17 @@ use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use uuid::Uuid;
 
 use crate::{
-    broker::{PublishError, Publisher},
+    broker::{PendingConfirm, PublishError, Publisher},
     envelope::{Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339},
     schema::{Invalid, SchemaRegistry},
     store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
-    telemetry::{TraceExt, current_trace_id, metrics::Metrics, trace_of},
+    telemetry::{
+        TraceExt, current_trace_id,
+        metrics::{InFlight, Metrics},
+        trace_of,
+    },
 };
-use key_locks::KeyLocks;
+use key_locks::{KeyGuard, KeyLocks};
 
 /// One event an app asked to publish, checked for syntax already.
 #[derive(Debug)]
@@ -123,18 +127,75 @@ impl PublishService {
     /// Publishes one event and returns once the broker confirmed it.
     pub async fn publish(&self, mut request: PublishRequest) -> Result<Accepted, Rejected> {
         self.check(&mut request)?;
+        let prepared = self.prepare(request).await?;
+        let result = match prepared.envelope {
+            Ready::Done(accepted) => return Ok(accepted),
+            Ready::Send(envelope, trace) => match self.start(envelope, trace).await {
+                Ok(sending) => sending.finish().await,
+                Err(rejected) => Err(rejected),
+            },
+        };
+        self.settle(prepared.key, result).await
+    }
+
+    /// Publishes checked events in their order and awaits their confirms together: one
+    /// result per event, in the same order. Events must not share an idempotency key.
+    pub async fn publish_all(
+        &self,
+        requests: Vec<PublishRequest>,
+    ) -> Vec<Result<Accepted, Rejected>> {
+        let mut prepared = Vec::with_capacity(requests.len());
+        for request in requests {
+            prepared.push(self.prepare(request).await);
+        }
+        // Sent one after the other, so that the queue holds them in this order.
+        let mut pending = Vec::with_capacity(prepared.len());
+        for item in prepared {
+            pending.push(match item {
+                Err(rejected) => (None, Pending::Failed(rejected)),
+                Ok(Prepared {
+                    key,
+                    envelope: Ready::Done(accepted),
+                }) => (key, Pending::Done(accepted)),
+                Ok(Prepared {
+                    key,
+                    envelope: Ready::Send(envelope, trace),
+                }) => match self.start(envelope, trace).await {
+                    Ok(sending) => (key, Pending::Sent(sending)),
+                    Err(rejected) => (key, Pending::Failed(rejected)),
+                },
+            });
+        }
+        let finished =
+            futures_util::future::join_all(pending.into_iter().map(|(key, pending)| async move {
+                let result = match pending {
+                    Pending::Done(accepted) => return Ok(accepted),
+                    Pending::Failed(rejected) => Err(rejected),
+                    Pending::Sent(sending) => sending.finish().await,
+                };
+                self.settle(key, result).await
+            }));
+        finished.await
+    }
+
+    /// Settles the version, the correlation id and, with an idempotency key, the identity
+    /// the key already names (or a new one, recorded before it is published).
+    async fn prepare(&self, mut request: PublishRequest) -> Result<Prepared<'_>, Rejected> {
         if request.correlation_id.is_none() {
             request.correlation_id = self.inherited_correlation(request.causation_id.as_deref());
         }
         let Some(key) = request.idempotency_key.clone() else {
-            let envelope = self.envelope(request, None);
-            return self.send(envelope).await;
+            let (envelope, trace) = self.envelope(request, None);
+            return Ok(Prepared {
+                key: None,
+                envelope: Ready::Send(envelope, trace),
+            });
         };
         // One request per key at a time in this sidecar: a concurrent retry waits for the
         // first attempt's outcome instead of racing it.
         let store_key = format!("{}/{}", self.source, key);
         let wait = self.publisher.confirm_timeout();
-        let Ok(_guard) = tokio::time::timeout(wait, self.locks.lock(&store_key)).await else {
+        let Ok(guard) = tokio::time::timeout(wait, self.locks.lock(&store_key)).await else {
             return Err(Rejected::KeyBusy);
         };
         let earlier = self.keys.get_key(&store_key).await?;
@@ -146,11 +207,14 @@ impl PublishService {
             }
             if record.confirmed {
                 debug!(event_id = %record.event.event_id, "idempotent publish answered from the store");
-                return Ok(record.event.clone());
+                return Ok(Prepared {
+                    key: None,
+                    envelope: Ready::Done(record.event.clone()),
+                });
             }
         }
         let (envelope, trace) = self.envelope(request, earlier.as_ref());
-        let mut record = IdempotencyRecord {
+        let record = IdempotencyRecord {
             event: envelope.identity(),
             confirmed: false,
             expires_at_ms: expiry_after(self.retention),
@@ -160,25 +224,44 @@ impl PublishService {
         if earlier.is_none() {
             self.keys.put_key(&store_key, record.clone()).await?;
         }
-        let accepted = match self.send((envelope, trace)).await {
-            Ok(accepted) => accepted,
-            Err(Rejected::Broker(error)) if earlier.is_none() && !error.outcome_unknown() => {
-                // Nothing was published: the key names no event yet, and a later request
-                // with it starts afresh.
-                if let Err(store_error) = self.keys.remove_key(&store_key).await {
+        Ok(Prepared {
+            key: Some(KeyHold {
+                store_key,
+                record,
+                fresh: earlier.is_none(),
+                _guard: guard,
+            }),
+            envelope: Ready::Send(envelope, trace),
+        })
+    }
+
+    /// Records what became of a keyed publish: confirmed, or (when nothing was published)
+    /// forgotten so that the key can be used afresh.
+    async fn settle(
+        &self,
+        key: Option<KeyHold<'_>>,
+        result: Result<Accepted, Rejected>,
+    ) -> Result<Accepted, Rejected> {
+        let Some(mut key) = key else {
+            return result;
+        };
+        match &result {
+            Ok(accepted) => {
+                key.record.confirmed = true;
+                if let Err(error) = self.keys.put_key(&key.store_key, key.record).await {
+                    // The event is on the broker; a retry would publish the same event_id
+                    // again, which delivery deduplicates. Success is the right answer.
+                    warn!(%error, event_id = %accepted.event_id, "cannot mark the idempotency key confirmed");
+                }
+            }
+            Err(Rejected::Broker(error)) if key.fresh && !error.outcome_unknown() => {
+                if let Err(store_error) = self.keys.remove_key(&key.store_key).await {
                     warn!(error = %store_error, "cannot forget an unused idempotency key");
                 }
-                return Err(Rejected::Broker(error));
             }
-            Err(rejected) => return Err(rejected),
-        };
-        record.confirmed = true;
-        if let Err(error) = self.keys.put_key(&store_key, record).await {
-            // The event is on the broker; a retry would publish the same event_id again,
-            // which delivery deduplicates. Answer with success rather than invite a retry.
-            warn!(%error, event_id = %accepted.event_id, "cannot mark the idempotency key confirmed");
+            Err(_) => {}
         }
-        Ok(accepted)
+        result
     }
 
     /// Checks the payload against its schema and settles the version (the one asked for,
@@ -228,12 +311,13 @@ impl PublishService {
         (envelope, request.trace)
     }
 
-    /// Publishes the envelope in a PRODUCER span whose context travels in the AMQP headers,
-    /// so that the consumer's span becomes its child.
-    async fn send(
+    /// Sends the envelope in a PRODUCER span whose context travels in the AMQP headers, so
+    /// that the consumer's span becomes its child; the confirm is still to come.
+    async fn start(
         &self,
-        (envelope, trace): (Envelope, TraceContext),
-    ) -> Result<Accepted, Rejected> {
+        envelope: Envelope,
+        trace: TraceContext,
+    ) -> Result<SendingConfirm, Rejected> {
         let routing_key = envelope.routing_key();
         let exchange = self.publisher.exchange();
         let span = info_span!(
@@ -260,27 +344,99 @@ impl PublishService {
         // Without tracing installed, the caller's context passes through unchanged.
         let trace = trace_of(&span).unwrap_or(trace);
         let properties = envelope.properties(&trace)?;
-        let _in_flight = self.metrics.in_flight("publish");
-        let published = self
+        let in_flight = self.metrics.in_flight("publish");
+        let identity = envelope.identity();
+        let started = self
             .publisher
-            .publish(&routing_key, &envelope.to_json(), properties)
+            .start(&routing_key, &envelope.to_json(), properties)
             .instrument(span.clone())
             .await;
-        if let Err(error) = published {
-            span.fail(&error.to_string());
-            let _entered = span.enter();
-            warn!(
-                %error,
-                outcome_unknown = error.outcome_unknown(),
-                event_id = %envelope.event_id,
-                event_type = %envelope.event_type,
-                correlation_id = %envelope.correlation_id,
-                causation_id = envelope.causation_id.as_deref(),
-                trace_id = %current_trace_id(),
-                "publish failed"
-            );
-            return Err(error.into());
+        let sending = Sending {
+            identity,
+            span,
+            _in_flight: in_flight,
+        };
+        match started {
+            Ok(pending) => Ok(sending.with(pending)),
+            Err(error) => Err(sending.failed(error)),
         }
-        Ok(envelope.identity())
+    }
+}
+
+/// A publish made ready.
+struct Prepared<'a> {
+    key: Option<KeyHold<'a>>,
+    envelope: Ready,
+}
+
+enum Ready {
+    /// The key names an event the broker already confirmed: answer with it.
+    Done(Accepted),
+    /// Publish this.
+    Send(Envelope, TraceContext),
+}
+
+/// An idempotency key held for one publish, with its record.
+struct KeyHold<'a> {
+    store_key: String,
+    record: IdempotencyRecord,
+    /// No earlier attempt had written the record.
+    fresh: bool,
+    _guard: KeyGuard<'a>,
+}
+
+enum Pending {
+    Done(Accepted),
+    Sent(SendingConfirm),
+    Failed(Rejected),
+}
+
+/// An event on its way, in its producer span.
+struct Sending {
+    identity: EventIdentity,
+    span: Span,
+    _in_flight: InFlight,
+}
+
+/// An event sent, waiting for its confirm.
+struct SendingConfirm {
+    sending: Sending,
+    pending: PendingConfirm,
+}
+
+impl Sending {
+    fn with(self, pending: PendingConfirm) -> SendingConfirm {
+        SendingConfirm {
+            sending: self,
+            pending,
+        }
+    }
+
+    fn failed(&self, error: PublishError) -> Rejected {
+        let event = &self.identity;
+        self.span.fail(&error.to_string());
+        let _entered = self.span.enter();
+        warn!(
+            %error,
+            outcome_unknown = error.outcome_unknown(),
+            event_id = %event.event_id,
+            event_type = %event.event_type,
+            correlation_id = %event.correlation_id,
+            causation_id = event.causation_id.as_deref(),
+            trace_id = %current_trace_id(),
+            "publish failed"
+        );
+        error.into()
+    }
+}
+
+impl SendingConfirm {
+    /// Waits for the confirm.
+    async fn finish(self) -> Result<Accepted, Rejected> {
+        let span = self.sending.span.clone();
+        match self.pending.confirmed().instrument(span).await {
+            Ok(()) => Ok(self.sending.identity),
+            Err(error) => Err(self.sending.failed(error)),
+        }
     }
 }

@@ -28,7 +28,10 @@ pub struct Problem {
     pub retry_after: Option<u32>,
     /// Each thing wrong with the request, when there are several.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<serde_json::Value>,
+    pub errors: Option<Box<serde_json::Value>>,
+    /// One result per item of a batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Box<serde_json::Value>>,
 }
 
 fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +53,7 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             errors: None,
+            results: None,
         }
     }
 
@@ -81,7 +85,13 @@ impl Problem {
 
     /// Adds the list of individual problems (`errors`).
     pub fn with_errors(mut self, errors: impl serde::Serialize) -> Self {
-        self.errors = serde_json::to_value(errors).ok();
+        self.errors = serde_json::to_value(errors).ok().map(Box::new);
+        self
+    }
+
+    /// Adds one result per item of a batch (`results`).
+    pub fn with_results(mut self, results: Vec<serde_json::Value>) -> Self {
+        self.results = Some(Box::new(serde_json::Value::Array(results)));
         self
     }
 

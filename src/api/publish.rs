@@ -8,7 +8,7 @@ use axum::{
 };
 use serde_json::value::RawValue;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, error, field::Empty, info_span};
+use tracing::{Instrument, Span, debug, error, field::Empty, info_span};
 
 use super::{
     ApiState,
@@ -35,40 +35,51 @@ pub(super) async fn publish(
         Ok(Path(event_type)) if is_valid_event_type(event_type) => event_type.clone(),
         _ => "invalid".to_owned(),
     };
+    let span = server_span("/v1/publish/{event_type}", &headers);
+    span.record("causeway.event_type", event_type.as_str());
+    let answer = handle(&state, path, headers, body)
+        .instrument(span.clone())
+        .await;
+    let status = match &answer {
+        Ok(_) => StatusCode::ACCEPTED,
+        Err(problem) => problem.status,
+    };
+    answered(&span, status, answer.as_ref().err());
+    state
+        .metrics
+        .publish(&event_type, outcome_of(status), started.elapsed());
+    answer
+}
+
+/// The SERVER span of a publish request, continuing the caller's trace.
+pub(super) fn server_span(route: &'static str, headers: &HeaderMap) -> Span {
     let span = info_span!(
         "publish",
-        otel.name = "POST /v1/publish/{event_type}",
+        otel.name = %format!("POST {route}"),
         otel.kind = "server",
         otel.status_code = Empty,
         otel.status_description = Empty,
         http.request.method = "POST",
-        http.route = "/v1/publish/{event_type}",
+        http.route = route,
         http.response.status_code = Empty,
-        causeway.event_type = %event_type,
+        causeway.event_type = Empty,
     );
-    span.continue_trace(&trace_context(&headers));
-    let answer = handle(&state, path, headers, body)
-        .instrument(span.clone())
-        .await;
-    let (status, outcome) = match &answer {
-        Ok(_) => (StatusCode::ACCEPTED, "accepted"),
-        Err(problem) => (problem.status, outcome_of(problem.status)),
-    };
+    span.continue_trace(&trace_context(headers));
+    span
+}
+
+/// Records the answer's status on the server span; a 5xx marks it failed.
+pub(super) fn answered(span: &Span, status: StatusCode, problem: Option<&Problem>) {
     span.record("http.response.status_code", status.as_u16());
-    if let Err(problem) = &answer {
-        if problem.status.is_server_error() {
-            span.fail(&problem.detail);
-        }
+    if let Some(problem) = problem.filter(|p| p.status.is_server_error()) {
+        span.fail(&problem.detail);
     }
-    state
-        .metrics
-        .publish(&event_type, outcome, started.elapsed());
-    answer
 }
 
 /// The `outcome` label of a publish that ended in `status`.
-fn outcome_of(status: StatusCode) -> &'static str {
+pub(super) fn outcome_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
+        200..=299 => "accepted",
         503 => "unavailable",
         504 => "timeout",
         400..=499 => "rejected",
@@ -157,20 +168,23 @@ fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<Str
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    let printable = bytes.iter().all(|b| (0x20..0x7f).contains(b));
-    if bytes.is_empty() || bytes.len() > max || !printable {
+    if !is_printable_within(value.as_bytes(), max) {
         return Err(Problem::bad_request(format!(
             "header {name} must be 1 to {max} printable ASCII characters"
         )));
     }
     // Printable ASCII is valid UTF-8.
-    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+    Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()))
+}
+
+/// Whether `bytes` are 1 to `max` printable ASCII characters, as ids and keys must be.
+pub(super) fn is_printable_within(bytes: &[u8], max: usize) -> bool {
+    !bytes.is_empty() && bytes.len() <= max && bytes.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 /// The W3C trace context to continue. An invalid `traceparent` is ignored, as the W3C
 /// recommendation asks: the event then starts a new trace instead of failing.
-fn trace_context(headers: &HeaderMap) -> TraceContext {
+pub(super) fn trace_context(headers: &HeaderMap) -> TraceContext {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(traceparent) = text("traceparent").filter(|t| is_valid_traceparent(t)) else {
         return TraceContext::default();
@@ -210,7 +224,7 @@ pub(super) fn schema_problem(invalid: &crate::schema::Invalid) -> Problem {
 }
 
 /// The answer for a publish that did not go through.
-fn problem_for(rejected: Rejected) -> Problem {
+pub(super) fn problem_for(rejected: Rejected) -> Problem {
     match rejected {
         Rejected::Broker(error) if error.outcome_unknown() => Problem::new(
             StatusCode::GATEWAY_TIMEOUT,

@@ -3,10 +3,11 @@
 use std::{sync::Arc, time::Duration};
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, options::BasicPublishOptions, types::ShortString,
+    BasicProperties, Channel, Confirmation, PublisherConfirm, options::BasicPublishOptions,
+    types::ShortString,
 };
 use tokio::{
-    sync::{Semaphore, watch},
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::{Instant, timeout_at},
 };
 
@@ -109,10 +110,24 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
+        self.start(routing_key, body, properties)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Sends one message and returns its pending confirm. Messages started one after the
+    /// other reach the queue in that order; their confirms can be awaited together.
+    pub async fn start(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<PendingConfirm, PublishError> {
         let deadline = Instant::now() + self.confirm_timeout;
         let routing_key = ShortString::try_new(routing_key)
             .map_err(|_| PublishError::Returned("routing key longer than 255 bytes".into()))?;
-        let _permit = match timeout_at(deadline, self.in_flight.acquire()).await {
+        let permit = match timeout_at(deadline, self.in_flight.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) | Err(_) => return Err(PublishError::Busy),
         };
@@ -121,15 +136,45 @@ impl Publisher {
             Link::Blocked(_) => return Err(PublishError::Blocked),
             Link::Down => return Err(PublishError::Disconnected),
         };
-        publish_confirmed(
-            &channel,
-            self.exchange.clone(),
-            routing_key,
-            body,
-            properties,
+        let exchange = self.exchange.clone();
+        let confirm = send(&channel, exchange, routing_key, body, properties, deadline).await?;
+        Ok(PendingConfirm {
+            confirm,
             deadline,
-        )
-        .await
+            _permit: permit,
+        })
+    }
+}
+
+/// A published message whose confirm has not come yet; it holds its in-flight slot.
+#[derive(Debug)]
+pub struct PendingConfirm {
+    confirm: PublisherConfirm,
+    deadline: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PendingConfirm {
+    /// Waits for the confirm until the publish's deadline.
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        outcome(timeout_at(self.deadline, self.confirm).await)
+    }
+}
+
+/// What a confirm (or its absence before the deadline) means.
+fn outcome(
+    confirm: Result<lapin::Result<Confirmation>, tokio::time::error::Elapsed>,
+) -> Result<(), PublishError> {
+    match confirm {
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            Err(PublishError::Returned(returned.reply_text.to_string()))
+        }
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        // Channels are put in confirm mode before anyone publishes on them.
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        Ok(Err(error)) => Err(PublishError::Lost(error)),
+        Err(_) => Err(PublishError::Timeout),
     }
 }
 
@@ -143,25 +188,27 @@ pub async fn publish_confirmed(
     properties: BasicProperties,
     deadline: Instant,
 ) -> Result<(), PublishError> {
+    let confirm = send(channel, exchange, routing_key, body, properties, deadline).await?;
+    outcome(timeout_at(deadline, confirm).await)
+}
+
+/// Sends one mandatory message, until `deadline`; the confirm is still to come.
+async fn send(
+    channel: &Channel,
+    exchange: ShortString,
+    routing_key: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+    deadline: Instant,
+) -> Result<PublisherConfirm, PublishError> {
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
     let publish = channel.basic_publish(exchange, routing_key, options, body, properties);
-    let confirm = match timeout_at(deadline, publish).await {
-        Ok(Ok(confirm)) => confirm,
-        Ok(Err(error)) => return Err(PublishError::Send(error)),
-        Err(_) => return Err(PublishError::Timeout),
-    };
-    match timeout_at(deadline, confirm).await {
-        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-            Err(PublishError::Returned(returned.reply_text.to_string()))
-        }
-        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-        // Channels are put in confirm mode before anyone publishes on them.
-        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
-        Ok(Err(error)) => Err(PublishError::Lost(error)),
+    match timeout_at(deadline, publish).await {
+        Ok(Ok(confirm)) => Ok(confirm),
+        Ok(Err(error)) => Err(PublishError::Send(error)),
         Err(_) => Err(PublishError::Timeout),
     }
 }

@@ -1,0 +1,261 @@
+//! `POST /v1/publish`: many events in one request, all checked before any is published.
+
+use std::collections::HashSet;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json, value::RawValue};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{
+    ApiState,
+    body::{read_body, require_json},
+    problem::Problem,
+    publish::{answered, is_printable_within, outcome_of, problem_for, server_span, trace_context},
+};
+use crate::{
+    envelope::{SchemaVersion, is_valid_event_type},
+    publish::{Accepted, PublishRequest},
+};
+
+/// Most events in one batch.
+const MAX_ITEMS: usize = 1000;
+
+/// One event of a batch, as the app sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Item {
+    event_type: String,
+    payload: Box<RawValue>,
+    #[serde(default)]
+    schema_version: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    causation_id: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// What is wrong with one field of an item (or its payload, by `instance_path`).
+#[derive(Debug, Serialize)]
+struct ItemError {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_path: Option<String>,
+    message: String,
+}
+
+impl ItemError {
+    fn field(field: &'static str, message: impl Into<String>) -> Self {
+        ItemError {
+            field: Some(field),
+            instance_path: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Publishes every event, in order, or none when any is invalid: 200 when all were
+/// confirmed, 207 when the broker failed some (each result says which), 422 when any is
+/// invalid (each result says what is wrong; nothing was published).
+pub(super) async fn publish_batch(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let span = server_span("/v1/publish", &headers);
+    let answer = handle(&state, &headers, body)
+        .instrument(span.clone())
+        .await;
+    let (status, problem) = match &answer {
+        Ok((status, _)) => (*status, None),
+        Err(problem) => (problem.status, Some(problem)),
+    };
+    answered(&span, status, problem);
+    match answer {
+        Ok((status, results)) => {
+            for result in &results {
+                let outcome = match result {
+                    Ok(_) => "accepted",
+                    Err(problem) => outcome_of(problem.status),
+                };
+                let event_type = result.as_ref().map_or("batch", |a| a.event_type.as_str());
+                state
+                    .metrics
+                    .publish(event_type, outcome, started.elapsed());
+            }
+            let results: Vec<Value> = results.into_iter().enumerate().map(result_json).collect();
+            (status, Json(json!({ "results": results }))).into_response()
+        }
+        Err(problem) => {
+            state
+                .metrics
+                .publish("batch", outcome_of(problem.status), started.elapsed());
+            problem.into_response()
+        }
+    }
+}
+
+type Results = Vec<Result<Accepted, Problem>>;
+
+async fn handle(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Results), Problem> {
+    if state.health.is_draining() {
+        return Err(Problem::unavailable(
+            "the sidecar is shutting down; nothing was published",
+            1,
+        ));
+    }
+    require_json(headers)?;
+    let bytes = read_body(body, headers, state.max_body).await?;
+    let raw: Vec<Box<RawValue>> = serde_json::from_slice(&bytes).map_err(|error| {
+        if error.is_data() {
+            Problem::unprocessable("the body must be a JSON array of events")
+        } else {
+            Problem::bad_request(format!("the body is not valid JSON: {error}"))
+        }
+    })?;
+    if raw.is_empty() || raw.len() > MAX_ITEMS {
+        return Err(Problem::unprocessable(format!(
+            "a batch holds 1 to {MAX_ITEMS} events; this one has {}",
+            raw.len()
+        )));
+    }
+    let trace = trace_context(headers);
+    let mut keys = HashSet::new();
+    let checked: Vec<Result<PublishRequest, Vec<ItemError>>> = raw
+        .iter()
+        .map(|item| {
+            let mut request = parse(item, &mut keys)?;
+            request.trace = trace.clone();
+            state.publish.check(&mut request).map_err(|invalid| {
+                invalid
+                    .violations()
+                    .into_iter()
+                    .map(|v| ItemError {
+                        field: Some("payload"),
+                        instance_path: Some(v.instance_path),
+                        message: v.message,
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+            Ok(request)
+        })
+        .collect();
+    if checked.iter().any(Result::is_err) {
+        let results: Vec<Value> = checked
+            .iter()
+            .enumerate()
+            .map(|(index, item)| match item {
+                Ok(_) => json!({ "index": index, "status": "valid" }),
+                Err(errors) => json!({ "index": index, "status": "invalid", "errors": errors }),
+            })
+            .collect();
+        let invalid = results.iter().filter(|r| r["status"] == "invalid").count();
+        return Err(Problem::unprocessable(format!(
+            "{invalid} of {} events are invalid; nothing was published",
+            results.len()
+        ))
+        .with_results(results));
+    }
+    let requests = checked.into_iter().filter_map(Result::ok).collect();
+    let results: Results = state
+        .publish
+        .publish_all(requests)
+        .await
+        .into_iter()
+        .map(|result| result.map_err(problem_for))
+        .collect();
+    let status = if results.iter().all(Result::is_ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    Ok((status, results))
+}
+
+/// One item, checked like the headers of a single publish.
+fn parse(raw: &RawValue, keys: &mut HashSet<String>) -> Result<PublishRequest, Vec<ItemError>> {
+    let item: Item = serde_json::from_str(raw.get())
+        .map_err(|e| vec![ItemError::field("item", e.to_string())])?;
+    let mut errors = Vec::new();
+    if !is_valid_event_type(&item.event_type) {
+        let message = "must match ^[A-Za-z][A-Za-z0-9_.-]{0,127}$";
+        errors.push(ItemError::field("event_type", message));
+    }
+    let schema_version = match item.schema_version.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<SchemaVersion>() {
+            Ok(version) => Some(version),
+            Err(error) => {
+                errors.push(ItemError::field("schema_version", error.to_string()));
+                None
+            }
+        },
+    };
+    for (field, value, max) in [
+        ("correlation_id", &item.correlation_id, 128),
+        ("causation_id", &item.causation_id, 128),
+        ("idempotency_key", &item.idempotency_key, 255),
+    ] {
+        if value
+            .as_deref()
+            .is_some_and(|v| !is_printable_within(v.as_bytes(), max))
+        {
+            let message = format!("must be 1 to {max} printable ASCII characters");
+            errors.push(ItemError::field(field, message));
+        }
+    }
+    if let Some(key) = &item.idempotency_key {
+        if !keys.insert(key.clone()) {
+            let message = "used by another event of this batch";
+            errors.push(ItemError::field("idempotency_key", message));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PublishRequest {
+        event_type: item.event_type,
+        payload: item.payload,
+        schema_version,
+        correlation_id: item.correlation_id,
+        causation_id: item.causation_id,
+        idempotency_key: item.idempotency_key,
+        trace: Default::default(),
+    })
+}
+
+fn result_json((index, result): (usize, Result<Accepted, Problem>)) -> Value {
+    match result {
+        Ok(accepted) => {
+            let mut value = json!({ "index": index, "status": "accepted" });
+            if let (Value::Object(fields), Ok(Value::Object(event))) =
+                (&mut value, serde_json::to_value(accepted))
+            {
+                fields.extend(event);
+            }
+            value
+        }
+        Err(problem) => json!({
+            "index": index,
+            "status": "failed",
+            "error": problem.detail,
+            "retryable": problem.status.is_server_error() || problem.status == StatusCode::CONFLICT,
+            "outcome_unknown": problem.status == StatusCode::GATEWAY_TIMEOUT,
+        }),
+    }
+}
