@@ -228,6 +228,11 @@ fn read_dir(dir: &Path) -> Result<BTreeMap<String, Versions>, SchemaError> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
+        // Hidden directories (a ConfigMap volume's `..data`, `.git`) and `lost+found`
+        // belong to the filesystem, not to the registry.
+        if event_type.starts_with('.') || event_type == "lost+found" {
+            continue;
+        }
         if !is_valid_event_type(&event_type) {
             return Err(error(
                 &type_dir,

@@ -254,7 +254,10 @@ fn result_json((index, result): (usize, Result<Accepted, Problem>)) -> Value {
             "index": index,
             "status": "failed",
             "error": problem.detail,
-            "retryable": problem.status.is_server_error() || problem.status == StatusCode::CONFLICT,
+            // Worth retrying as is: the broker failed, or the key's first request was still
+            // in flight. A key reused for another type fails the same way every time.
+            "retryable": problem.status.is_server_error()
+                || problem.kind.ends_with(":idempotency-key-in-progress"),
             "outcome_unknown": problem.status == StatusCode::GATEWAY_TIMEOUT,
         }),
     }

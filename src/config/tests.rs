@@ -21,7 +21,7 @@ fn defaults_apply_when_only_the_service_is_set() {
     assert_eq!(config.broker.unrouted, "causeway.unrouted");
     assert_eq!(
         config.broker.url,
-        "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+        "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&frame_max=16384"
     );
     assert_eq!(config.max_body, 1024 * 1024);
     assert_eq!(config.dedup_retention, Duration::from_secs(7 * 24 * 3600));
@@ -73,10 +73,10 @@ fn sizes_and_durations_take_units() {
 }
 
 #[test]
-fn an_explicit_heartbeat_is_kept() {
+fn explicit_heartbeat_and_frame_max_are_kept() {
     assert_eq!(
         parse_amqp_url("amqp://u:p@host:5672/vh?heartbeat=30").unwrap(),
-        "amqp://u:p@host:5672/vh?heartbeat=30"
+        "amqp://u:p@host:5672/vh?heartbeat=30&frame_max=16384"
     );
     assert_eq!(
         parse_amqp_url("amqps://host/vh?frame_max=8192").unwrap(),

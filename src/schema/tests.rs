@@ -85,6 +85,8 @@ fn unknown_versions_and_unregistered_types() {
 fn a_bad_schema_file_is_named() {
     let dir = std::env::temp_dir().join(format!("causeway-schemas-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(dir.join("Thing")).unwrap();
+    std::fs::create_dir_all(dir.join("..data")).unwrap();
+    std::fs::create_dir_all(dir.join("lost+found")).unwrap();
     std::fs::write(dir.join("Thing/1.0.json"), r#"{"type": "no-such-type"}"#).unwrap();
     let error = SchemaRegistry::load(Some(&dir), false).unwrap_err();
     assert_eq!(error.path, dir.join("Thing/1.0.json"));

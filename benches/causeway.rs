@@ -1,0 +1,680 @@
+//! The side-by-side benchmark: causeway against the raw broker client, in one run, on one
+//! machine, against the local RabbitMQ. Run it with `cargo bench` (see docs/performance.md).
+//!
+//! 1. publish: raw lapin with confirms vs HTTP through causeway, at 1, 16, 64, 256 clients;
+//! 2. delivery: raw consume + ack vs causeway's delivery to a local app (dedup on disk);
+//! 3. the sidecar's peak RSS and CPU seconds per 1,000 events;
+//! 4. publish with every span sampled and exported vs spans off.
+//!
+//! It prints a table and writes JSON (`BENCH_JSON`, default target/bench/causeway.json).
+//! Numbers are ratios against the baseline measured in the same run: the machine is shared.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions, QueuePurgeOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::{Value, json};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// How long each publish measurement runs.
+const RUN: Duration = Duration::from_secs(4);
+/// Events for the delivery measurement.
+const DELIVERIES: usize = 20_000;
+const PAYLOAD_BYTES: usize = 512;
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this file as a test,
+    // where a debug build would only measure itself.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("the benchmark runs with: cargo bench --bench causeway");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+/// Latencies and a count of one measurement.
+struct Sample {
+    count: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[index]
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn payload() -> String {
+    let pad = "x".repeat(PAYLOAD_BYTES - 20);
+    format!("{{\"pad\":\"{pad}\"}}")
+}
+
+async fn bench() {
+    let id = uuid::Uuid::now_v7().simple().to_string()[20..].to_string();
+    let exchange = format!("bench.{id}.events");
+    let unrouted = format!("bench.{id}.unrouted");
+    let sink = format!("bench.{id}.sink");
+    let connection = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672 (run scripts/ensure-services)");
+    let admin = connection.create_channel().await.unwrap();
+    let mut report = json!({ "machine": machine(), "payload_bytes": PAYLOAD_BYTES });
+
+    // The sidecar declares the exchange; a classic queue bound to it takes both runs' events.
+    let data = tempdir(&id, "publish");
+    let sidecar = Sidecar::start(&[
+        ("CAUSEWAY_SERVICE", format!("bench-{id}")),
+        ("CAUSEWAY_EXCHANGE", exchange.clone()),
+        ("CAUSEWAY_UNROUTED_QUEUE", unrouted.clone()),
+        ("CAUSEWAY_DATA_DIR", data.clone()),
+        ("OTEL_TRACES_SAMPLER", "always_off".into()),
+    ]);
+    sidecar.wait_ready().await;
+    declare_sink(&admin, &exchange, &sink).await;
+
+    println!("\n1. publish with confirms, {PAYLOAD_BYTES}-byte payloads, {RUN:?} per run");
+    println!(
+        "{:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6} {:>9}",
+        "clients",
+        "raw /s",
+        "p50 ms",
+        "p99 ms",
+        "causeway/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio",
+        "+p50 ms"
+    );
+    let mut publish_rows = Vec::new();
+    let cpu_before = sidecar.cpu_seconds();
+    let mut published = 0u64;
+    for clients in [1usize, 16, 64, 256] {
+        let raw = raw_publish(&connection, &exchange, clients).await;
+        purge(&admin, &sink).await;
+        let via = http_publish(&sidecar.api, clients).await;
+        published += via.count;
+        purge(&admin, &sink).await;
+        let ratio = via.rate() / raw.rate();
+        let added = ms(via.percentile(0.5)) - ms(raw.percentile(0.5));
+        println!(
+            "{clients:>8} | {:>10.0} {:>8.2} {:>8.2} | {:>10.0} {:>8.2} {:>8.2} | {ratio:>6.2} {added:>9.3}",
+            raw.rate(),
+            ms(raw.percentile(0.5)),
+            ms(raw.percentile(0.99)),
+            via.rate(),
+            ms(via.percentile(0.5)),
+            ms(via.percentile(0.99)),
+        );
+        publish_rows.push(json!({
+            "clients": clients,
+            "raw": {"rate": raw.rate(), "p50_ms": ms(raw.percentile(0.5)), "p99_ms": ms(raw.percentile(0.99))},
+            "causeway": {"rate": via.rate(), "p50_ms": ms(via.percentile(0.5)), "p99_ms": ms(via.percentile(0.99))},
+            "ratio": ratio,
+            "added_p50_ms": added,
+        }));
+    }
+    let publish_cpu = sidecar.cpu_seconds() - cpu_before;
+    report["publish"] = Value::Array(publish_rows);
+    report["publish_cpu_seconds_per_1000"] = json!(publish_cpu / published as f64 * 1000.0);
+    report["publish_peak_rss_mb"] = json!(sidecar.peak_rss_mb());
+    drop(sidecar);
+
+    println!("\n2. delivery: {DELIVERIES} events, ack after the app's 200 (dedup records on disk)");
+    let raw = raw_consume(&connection, &admin, &id).await;
+    let (via, delivery_cpu, delivery_rss) = sidecar_delivery(&connection, &admin, &id).await;
+    let ratio = via.rate() / raw.rate();
+    println!(
+        "raw consume+ack {:>8.0}/s | causeway delivery {:>8.0}/s | ratio {ratio:.2}",
+        raw.rate(),
+        via.rate()
+    );
+    report["delivery"] = json!({
+        "raw_rate": raw.rate(), "causeway_rate": via.rate(), "ratio": ratio,
+        "cpu_seconds_per_1000": delivery_cpu / DELIVERIES as f64 * 1000.0,
+        "peak_rss_mb": delivery_rss,
+    });
+
+    println!("\n3. the sidecar's resources");
+    println!(
+        "publish: {:.3} CPU s per 1,000 events, peak RSS {:.1} MB",
+        report["publish_cpu_seconds_per_1000"].as_f64().unwrap(),
+        report["publish_peak_rss_mb"].as_f64().unwrap()
+    );
+    println!(
+        "delivery: {:.3} CPU s per 1,000 events, peak RSS {:.1} MB",
+        report["delivery"]["cpu_seconds_per_1000"].as_f64().unwrap(),
+        delivery_rss
+    );
+
+    println!("\n4. tracing: publish at 64 clients, every span exported vs spans off");
+    let (traced, untraced) = tracing_cost(&admin, &id, &exchange, &sink).await;
+    println!(
+        "spans off {:>8.0}/s | 100% sampled + OTLP export {:>8.0}/s | ratio {:.2}",
+        untraced.rate(),
+        traced.rate(),
+        traced.rate() / untraced.rate()
+    );
+    report["tracing"] = json!({
+        "off_rate": untraced.rate(), "on_rate": traced.rate(),
+        "ratio": traced.rate() / untraced.rate(),
+    });
+
+    let _ = admin
+        .queue_delete(sink.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = admin
+        .queue_delete(unrouted.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = admin
+        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = admin
+        .exchange_delete(unrouted.as_str().into(), ExchangeDeleteOptions::default())
+        .await;
+    let _ = std::fs::remove_dir_all(&data);
+
+    let path = std::env::var("BENCH_JSON").unwrap_or_else(|_| "target/bench/causeway.json".into());
+    if let Some(dir) = std::path::Path::new(&path).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("\nwrote {path}");
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_default();
+    json!({ "cpus": cpus, "cpu": model })
+}
+
+fn tempdir(id: &str, what: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("causeway-bench-{id}-{what}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.display().to_string()
+}
+
+async fn declare_sink(channel: &Channel, exchange: &str, queue: &str) {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+async fn purge(channel: &Channel, queue: &str) {
+    let _ = channel
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await;
+}
+
+/// Runs `clients` loops for `RUN`, each timing `once`; all share the same start and end.
+async fn measure<F, Fut>(clients: usize, once: F) -> Sample
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let started = Instant::now();
+    let end = started + RUN;
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let once = once.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < end {
+                    let at = Instant::now();
+                    if once(client).await {
+                        latencies.push(at.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    Sample {
+        count: latencies.len() as u64,
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+/// The baseline: what an app would do with lapin itself, one channel in confirm mode,
+/// persistent messages, each client awaiting its own confirm.
+async fn raw_publish(connection: &Connection, exchange: &str, clients: usize) -> Sample {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let body = Arc::new(payload().into_bytes());
+    let exchange = Arc::new(exchange.to_owned());
+    measure(clients, move |_| {
+        let (channel, body, exchange) = (channel.clone(), body.clone(), exchange.clone());
+        async move {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "Bench.v1".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .unwrap();
+            confirm.await.is_ok_and(|c| c.is_ack())
+        }
+    })
+    .await
+}
+
+async fn http_publish(api: &str, clients: usize) -> Sample {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let url = Arc::new(format!("{api}/v1/publish/Bench"));
+    let body = Arc::new(payload());
+    measure(clients, move |_| {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let sent = http
+                .post(url.as_str())
+                .header("content-type", "application/json")
+                .body(body.as_str().to_owned())
+                .send()
+                .await;
+            sent.is_ok_and(|r| r.status().as_u16() == 202)
+        }
+    })
+    .await
+}
+
+/// Fills `queue` with `DELIVERIES` envelopes, as causeway would publish them.
+async fn preload(connection: &Connection, queue: &str) {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for n in 0..DELIVERIES {
+        let event_id = uuid::Uuid::now_v7();
+        let envelope = json!({
+            "event_id": event_id, "event_type": "Bench", "schema_version": "1.0",
+            "correlation_id": format!("bench-{n}"), "causation_id": null,
+            "occurred_at": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "source": "bench", "payload": {"pad": "x".repeat(PAYLOAD_BYTES - 20)},
+        });
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(event_id.to_string().into());
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    envelope.to_string().as_bytes(),
+                    properties,
+                )
+                .await
+                .unwrap(),
+        );
+        if confirms.len() >= 1024 {
+            for confirm in confirms.drain(..) {
+                confirm.await.unwrap();
+            }
+        }
+    }
+    for confirm in confirms {
+        confirm.await.unwrap();
+    }
+}
+
+/// The baseline: consume and ack, prefetch 256, on a quorum queue like a subscription's.
+async fn raw_consume(connection: &Connection, admin: &Channel, id: &str) -> Sample {
+    let queue = format!("bench.{id}.raw");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    admin
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    preload(connection, &queue).await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(256, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut count = 0;
+    while count < DELIVERIES {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        count += 1;
+    }
+    let elapsed = started.elapsed();
+    let _ = channel.close(200, "done".into()).await;
+    let _ = admin
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    Sample {
+        count: count as u64,
+        elapsed,
+        latencies: Vec::new(),
+    }
+}
+
+/// Causeway's delivery of a preloaded backlog to a local app answering 200.
+async fn sidecar_delivery(
+    connection: &Connection,
+    admin: &Channel,
+    id: &str,
+) -> (Sample, f64, f64) {
+    let received = Arc::new(AtomicU64::new(0));
+    let app = app(received.clone()).await;
+    let service = format!("bench-{id}-d");
+    let exchange = format!("bench.{id}.d.events");
+    let unrouted = format!("bench.{id}.d.unrouted");
+    let data = tempdir(id, "delivery");
+    let config = format!("{data}/causeway.toml");
+    std::fs::write(
+        &config,
+        "[[subscriptions]]\nname = \"sink\"\nevent_type = \"Bench\"\nroute = \"/e\"\nconcurrency = 256\n",
+    )
+    .unwrap();
+    let env = [
+        ("CAUSEWAY_SERVICE", service.clone()),
+        ("CAUSEWAY_EXCHANGE", exchange.clone()),
+        ("CAUSEWAY_UNROUTED_QUEUE", unrouted.clone()),
+        ("CAUSEWAY_DATA_DIR", data.clone()),
+        ("CAUSEWAY_CONFIG", config),
+        ("CAUSEWAY_APP_URL", app),
+        ("OTEL_TRACES_SAMPLER", "always_off".into()),
+    ];
+    // First run declares the queues; the backlog goes in while no sidecar consumes.
+    let setup = Sidecar::start(&env);
+    setup.wait_ready().await;
+    drop(setup);
+    let queue = format!("{service}.sink");
+    preload(connection, &queue).await;
+    let sidecar = Sidecar::start(&env);
+    let cpu_before = sidecar.cpu_seconds();
+    let started = Instant::now();
+    while received.load(Ordering::Relaxed) < DELIVERIES as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = sidecar.cpu_seconds() - cpu_before;
+    let rss = sidecar.peak_rss_mb();
+    drop(sidecar);
+    for name in [
+        queue.clone(),
+        format!("{queue}.dlq"),
+        format!("{queue}.retry.1"),
+        format!("{queue}.retry.2"),
+        format!("{queue}.retry.3"),
+        format!("{queue}.retry.4"),
+        unrouted.clone(),
+    ] {
+        let _ = admin
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for name in [&exchange, &unrouted] {
+        let _ = admin
+            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = std::fs::remove_dir_all(&data);
+    let sample = Sample {
+        count: DELIVERIES as u64,
+        elapsed,
+        latencies: Vec::new(),
+    };
+    (sample, cpu, rss)
+}
+
+/// Publishing at 64 clients with spans off, then with every span sampled and exported to a
+/// local OTLP receiver that accepts and discards.
+async fn tracing_cost(admin: &Channel, id: &str, exchange: &str, sink: &str) -> (Sample, Sample) {
+    let otlp = otlp_sink().await;
+    let mut samples = Vec::new();
+    for (what, sampler) in [("off", "always_off"), ("on", "always_on")] {
+        let data = tempdir(id, &format!("trace-{what}"));
+        let mut env = vec![
+            ("CAUSEWAY_SERVICE", format!("bench-{id}-t")),
+            ("CAUSEWAY_EXCHANGE", exchange.to_owned()),
+            ("CAUSEWAY_UNROUTED_QUEUE", format!("bench.{id}.unrouted")),
+            ("CAUSEWAY_DATA_DIR", data.clone()),
+            ("OTEL_TRACES_SAMPLER", sampler.to_owned()),
+        ];
+        if what == "on" {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()));
+        }
+        let sidecar = Sidecar::start(&env);
+        sidecar.wait_ready().await;
+        samples.push(http_publish(&sidecar.api, 64).await);
+        purge(admin, sink).await;
+        drop(sidecar);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    let on = samples.pop().unwrap();
+    let off = samples.pop().unwrap();
+    (on, off)
+}
+
+/// A local app that answers 200 to everything and counts.
+async fn app(received: Arc<AtomicU64>) -> String {
+    use axum::{Router, extract::State, http::StatusCode};
+    async fn take(State(received): State<Arc<AtomicU64>>) -> StatusCode {
+        received.fetch_add(1, Ordering::Relaxed);
+        StatusCode::OK
+    }
+    let router = Router::new().fallback(take).with_state(received);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and keeps nothing.
+async fn otlp_sink() -> String {
+    use axum::Router;
+    let router = Router::new().fallback(|| async { "" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+/// The real sidecar binary as a child process.
+struct Sidecar {
+    child: Child,
+    api: String,
+    admin: String,
+}
+
+impl Sidecar {
+    fn start(env: &[(&str, String)]) -> Sidecar {
+        let child = Command::new(env!("CARGO_BIN_EXE_causeway"))
+            .env_clear()
+            .env("CAUSEWAY_API_ADDR", "127.0.0.1:0")
+            .env("CAUSEWAY_ADMIN_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn,causeway::sidecar=info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // Owned at once, so that every path below ends the process (Drop).
+        let mut sidecar = Sidecar {
+            child,
+            api: String::new(),
+            admin: String::new(),
+        };
+        let stdout = sidecar.child.stdout.take().unwrap();
+        let found = Arc::new(Mutex::new(None));
+        {
+            let found = found.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let Ok(json) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    if json["message"] == "listening" {
+                        *found.lock().unwrap() = Some((
+                            json["api_addr"].as_str().unwrap().to_owned(),
+                            json["admin_addr"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((api, admin)) = found.lock().unwrap().clone() {
+                sidecar.api = format!("http://{api}");
+                sidecar.admin = format!("http://{admin}");
+                return sidecar;
+            }
+            assert!(Instant::now() < deadline, "the sidecar did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http
+                .get(format!("{}/readyz", self.admin))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sidecar did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    /// Peak resident memory so far, in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
