@@ -12,6 +12,6 @@ mod publisher;
 mod topology;
 
 pub use backoff::Backoff;
-pub use connection::{Connector, Link};
+pub use connection::{Connector, Link, close_gracefully};
 pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
 pub use topology::{PublishTopology, queue_depth};

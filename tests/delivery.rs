@@ -418,6 +418,15 @@ async fn dead_letters_are_listed_in_order_replayed_and_purged() {
         .call("GET", "/v1/subscriptions/nope/dead-letters", None)
         .await;
     assert_eq!(unknown.status, 404);
+    let errors: Vec<String> = sidecar
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "routine operations logged errors: {errors:#?}"
+    );
 
     sidecar.cleanup_subscription(&broker, "ops").await;
     sidecar.cleanup(&broker).await;
@@ -733,6 +742,15 @@ async fn sigterm_lets_a_delivery_in_flight_finish_and_returns_the_rest() {
     let (messages, consumers) = broker.queue_state(&sidecar.queue("slow")).await;
     // The one in flight finished and was acked; the two others wait for the next consumer.
     assert_eq!(messages, 2);
+    let errors: Vec<String> = sidecar
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "a clean shutdown logged errors: {errors:#?}"
+    );
     assert_eq!(consumers, 0, "the consumer outlived the process");
     assert_eq!(app.received("/slow").len(), 1);
 

@@ -57,6 +57,20 @@ const UNROUTED_EVERY: Duration = Duration::from_secs(10);
 /// How long closing the connection may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Closes the channels that are still open, then the connection, each within a bound.
+///
+/// lapin closes a channel by itself when its last handle is dropped; if that happens while
+/// the connection is closing, the two closes race and lapin logs a connection error. Closed
+/// first and explicitly, the channels are done before their handles go.
+pub async fn close_gracefully(connection: &Connection, channels: &[Option<&Channel>]) {
+    for channel in channels.iter().flatten() {
+        if channel.status().connected() {
+            let _ = timeout(CLOSE_TIMEOUT, channel.close(200, "closing".into())).await;
+        }
+    }
+    let _ = timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
+}
+
 /// Owns the publishing connection: connects, declares the topology, watches for trouble,
 /// and reconnects with backoff until shut down.
 #[derive(Debug)]
@@ -111,10 +125,13 @@ impl Connector {
                     info!(exchange = %self.topology.exchange, "connected to the broker");
                     self.link.send_replace(Link::Up(channel.clone()));
                     self.metrics.connected(MetricsConnection::Publish, true);
-                    let ended = self.watch(&connection, &channel, &shutdown).await;
+                    let mut inspector = None;
+                    let ended = self
+                        .watch(&connection, &channel, &mut inspector, &shutdown)
+                        .await;
                     self.link.send_replace(Link::Down);
                     self.metrics.connected(MetricsConnection::Publish, false);
-                    let _ = timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
+                    close_gracefully(&connection, &[Some(&channel), inspector.as_ref()]).await;
                     match ended {
                         Ended::Shutdown => {
                             info!("broker connection closed");
@@ -159,12 +176,12 @@ impl Connector {
         &self,
         connection: &Connection,
         channel: &Channel,
+        inspector: &mut Option<Channel>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut events = connection.events_listener();
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut unrouted = tokio::time::interval(UNROUTED_EVERY);
-        let mut inspector: Option<Channel> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
@@ -191,7 +208,7 @@ impl Connector {
                         return Ended::Lost("publishing channel closed by the broker".into());
                     }
                 }
-                _ = unrouted.tick() => self.check_unrouted(connection, &mut inspector).await,
+                _ = unrouted.tick() => self.check_unrouted(connection, inspector).await,
             }
         }
     }

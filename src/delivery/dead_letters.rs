@@ -29,7 +29,7 @@ use super::{
     handler::{copy_properties, int_header, text_header},
     topology::Queues,
 };
-use crate::broker::{PublishError, publish_confirmed, queue_depth};
+use crate::broker::{PublishError, close_gracefully, publish_confirmed, queue_depth};
 
 /// How long one dead-letter operation may take at the broker.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -228,9 +228,9 @@ impl DeadLetters {
                 .with_connection_name(LongString::from("causeway dead-letter operation"));
             let connection = Connection::connect(&self.url, properties).await?;
             let channel = connection.create_channel().await?;
-            let result = operation(channel).await;
+            let result = operation(channel.clone()).await;
             // Closing returns anything still unacknowledged to the queue.
-            let _ = connection.close(200, "done".into()).await;
+            close_gracefully(&connection, &[Some(&channel)]).await;
             result
         };
         timeout(OPERATION_TIMEOUT, work)

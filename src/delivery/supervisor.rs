@@ -22,7 +22,7 @@ use super::{
     topology::{self, Queues},
 };
 use crate::{
-    broker::{Backoff, PublishTopology, queue_depth},
+    broker::{Backoff, PublishTopology, close_gracefully, queue_depth},
     config::BrokerConfig,
     schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
@@ -153,9 +153,12 @@ impl Supervisor {
                     backoff.reset();
                     info!("consumer connection open");
                     self.metrics.connected(MetricsConnection::Consume, true);
-                    let ended = self.serve(&connection, &republish, &shutdown).await;
+                    let mut inspector = None;
+                    let ended = self
+                        .serve(&connection, &republish, &mut inspector, &shutdown)
+                        .await;
                     self.metrics.connected(MetricsConnection::Consume, false);
-                    let _ = timeout(CLOSE_TIMEOUT, connection.close(200, "closing".into())).await;
+                    close_gracefully(&connection, &[Some(&republish), inspector.as_ref()]).await;
                     self.mark_all_starting();
                     match ended {
                         Ended::Shutdown => {
@@ -192,6 +195,7 @@ impl Supervisor {
         &self,
         connection: &Connection,
         republish: &Channel,
+        inspector: &mut Option<Channel>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let tasks = TaskTracker::new();
@@ -201,7 +205,6 @@ impl Supervisor {
         let mut events = connection.events_listener();
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut depths = tokio::time::interval(DEPTHS_EVERY);
-        let mut inspector: Option<Channel> = None;
         let wanted = desired.borrow_and_update().clone();
         self.reconcile(connection, &wanted, &mut workers, &mut pending)
             .await;
@@ -226,7 +229,7 @@ impl Supervisor {
                     }
                     self.restart_due(&mut workers, &mut pending).await;
                 }
-                _ = depths.tick() => self.read_depths(connection, &workers, &mut inspector).await,
+                _ = depths.tick() => self.read_depths(connection, &workers, inspector).await,
             }
             self.start_pending(connection, republish, &tasks, &mut workers, &mut pending)
                 .await;
