@@ -1,7 +1,7 @@
 //! The HTTP surfaces: the app-facing API and the admin listener.
 //!
 //! `router(state)` builds the app API (publish, subscriptions, dead letters);
-//! `admin::router(state)` builds `/healthz` and `/readyz`. Both answer every error as
+//! `admin::router(state)` builds `/healthz`, `/readyz` and `/metrics`. Both answer every error as
 //! problem+json.
 
 pub mod admin;
