@@ -418,11 +418,7 @@ async fn dead_letters_are_listed_in_order_replayed_and_purged() {
         .call("GET", "/v1/subscriptions/nope/dead-letters", None)
         .await;
     assert_eq!(unknown.status, 404);
-    let errors: Vec<String> = sidecar
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains(r#""level":"ERROR""#))
-        .collect();
+    let errors = sidecar.error_lines();
     assert!(
         errors.is_empty(),
         "routine operations logged errors: {errors:#?}"
@@ -742,11 +738,7 @@ async fn sigterm_lets_a_delivery_in_flight_finish_and_returns_the_rest() {
     let (messages, consumers) = broker.queue_state(&sidecar.queue("slow")).await;
     // The one in flight finished and was acked; the two others wait for the next consumer.
     assert_eq!(messages, 2);
-    let errors: Vec<String> = sidecar
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains(r#""level":"ERROR""#))
-        .collect();
+    let errors = sidecar.error_lines();
     assert!(
         errors.is_empty(),
         "a clean shutdown logged errors: {errors:#?}"

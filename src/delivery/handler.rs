@@ -178,7 +178,18 @@ impl Context {
         }
         let key = format!("{}/{}", self.subscription.name, envelope.event_id);
         let lease = self.subscription.timeout() + Duration::from_secs(30);
-        let claim = self.dedup.claim(&key, lease).await;
+        let mut claim = self.dedup.claim(&key, lease).await;
+        if spec.ordered {
+            // A wait queue would put the event behind later ones: an ordered subscription
+            // waits here for its twin (or the store) instead, holding its place.
+            while matches!(claim, Ok(Claim::Busy) | Err(_)) {
+                tokio::select! {
+                    _ = tokio::time::sleep(DEFER) => {}
+                    _ = stop.cancelled() => return requeue(&delivery).await,
+                }
+                claim = self.dedup.claim(&key, lease).await;
+            }
+        }
         if !self.claimed(claim, &delivery, &envelope, attempt).await {
             return;
         }

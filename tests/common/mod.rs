@@ -209,6 +209,14 @@ impl Sidecar {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The log lines at level ERROR.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.logs()
+            .into_iter()
+            .filter(|l| l.contains(r#""level":"ERROR""#))
+            .collect()
+    }
+
     /// Waits until a JSON log line has `message` equal to `message`, and returns it.
     pub async fn wait_for_log(&self, message: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
