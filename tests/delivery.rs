@@ -32,31 +32,6 @@ async fn subscribed(
     sidecar
 }
 
-async fn dead_letters(sidecar: &Sidecar, name: &str) -> Value {
-    let answer = sidecar
-        .call(
-            "GET",
-            &format!("/v1/subscriptions/{name}/dead-letters"),
-            None,
-        )
-        .await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    answer.body
-}
-
-/// Waits until the subscription's dead-letter queue holds `count` messages.
-async fn wait_dead_letters(sidecar: &Sidecar, name: &str, count: u64) -> Value {
-    let deadline = Instant::now() + ARRIVES;
-    loop {
-        let listed = dead_letters(sidecar, name).await;
-        if listed["total"] == count {
-            return listed;
-        }
-        assert!(Instant::now() < deadline, "dead letters: {listed}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_delivery_carries_the_envelope_and_every_header() {
     let app = TestApp::start().await;
@@ -207,7 +182,7 @@ async fn a_500_then_200_is_delivered_at_attempt_2_after_a_backoff() {
         2,
         "delivered again after success"
     );
-    assert_eq!(dead_letters(&sidecar, "flaky").await["total"], 0);
+    assert_eq!(sidecar.dead_letters("flaky").await["total"], 0);
 
     sidecar.cleanup_subscription(&broker, "flaky").await;
     sidecar.cleanup(&broker).await;
@@ -227,7 +202,7 @@ async fn a_422_goes_to_the_dead_letter_queue_at_once_with_its_reason() {
             &[("X-Correlation-ID", "flow-422")],
         )
         .await;
-    let listed = wait_dead_letters(&sidecar, "reject", 1).await;
+    let listed = sidecar.wait_dead_letters("reject", 1, ARRIVES).await;
 
     assert_eq!(app.received("/reject").len(), 1);
     let letter = &listed["dead_letters"][0];
@@ -262,7 +237,7 @@ async fn an_app_that_always_fails_gets_exactly_max_attempts_posts_then_a_dead_le
     let broker = Broker::connect().await;
 
     sidecar.publish("PaymentTaken", "{}", &[]).await;
-    let listed = wait_dead_letters(&sidecar, "down", 1).await;
+    let listed = sidecar.wait_dead_letters("down", 1, ARRIVES).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let attempts: Vec<_> = app
@@ -304,7 +279,7 @@ async fn garbage_goes_to_the_dead_letter_queue_and_the_next_event_still_arrives(
 
     let received = app.wait_for("/robust", 1, ARRIVES).await;
     assert_eq!(received[0].body["event_id"], published.body["event_id"]);
-    let listed = wait_dead_letters(&sidecar, "robust", 2).await;
+    let listed = sidecar.wait_dead_letters("robust", 2, ARRIVES).await;
     for letter in listed["dead_letters"].as_array().unwrap() {
         assert_eq!(letter["reason"], "undecodable");
         assert!(
@@ -345,7 +320,7 @@ async fn dead_letters_are_listed_in_order_replayed_and_purged() {
             .await;
         ids.push(published.body["event_id"].as_str().unwrap().to_owned());
         // One at a time, so that the dead-letter order is the publish order.
-        wait_dead_letters(&sidecar, "ops", n + 1).await;
+        sidecar.wait_dead_letters("ops", n + 1, ARRIVES).await;
     }
     let listed_ids = |listed: &Value| -> Vec<String> {
         listed["dead_letters"]
@@ -357,8 +332,8 @@ async fn dead_letters_are_listed_in_order_replayed_and_purged() {
     };
 
     // Listing twice loses nothing and keeps the order.
-    assert_eq!(listed_ids(&dead_letters(&sidecar, "ops").await), ids);
-    assert_eq!(listed_ids(&dead_letters(&sidecar, "ops").await), ids);
+    assert_eq!(listed_ids(&sidecar.dead_letters("ops").await), ids);
+    assert_eq!(listed_ids(&sidecar.dead_letters("ops").await), ids);
     let limited = sidecar
         .call("GET", "/v1/subscriptions/ops/dead-letters?limit=2", None)
         .await;
@@ -387,7 +362,7 @@ async fn dead_letters_are_listed_in_order_replayed_and_purged() {
         "attempts reset"
     );
     assert_eq!(
-        listed_ids(&dead_letters(&sidecar, "ops").await),
+        listed_ids(&sidecar.dead_letters("ops").await),
         [ids[0].clone(), ids[2].clone()]
     );
 
@@ -402,17 +377,17 @@ async fn dead_letters_are_listed_in_order_replayed_and_purged() {
         [ids[0].clone(), ids[2].clone()],
         "replay keeps the order"
     );
-    assert_eq!(dead_letters(&sidecar, "ops").await["total"], 0);
+    assert_eq!(sidecar.dead_letters("ops").await["total"], 0);
 
     // Purge.
     app.always("/ops", 422);
     sidecar.publish("OrderPlaced", "{}", &[]).await;
-    wait_dead_letters(&sidecar, "ops", 1).await;
+    sidecar.wait_dead_letters("ops", 1, ARRIVES).await;
     let purged = sidecar
         .call("DELETE", "/v1/subscriptions/ops/dead-letters", None)
         .await;
     assert_eq!(purged.body, json!({"purged": 1}));
-    assert_eq!(dead_letters(&sidecar, "ops").await["total"], 0);
+    assert_eq!(sidecar.dead_letters("ops").await["total"], 0);
 
     let unknown = sidecar
         .call("GET", "/v1/subscriptions/nope/dead-letters", None)

@@ -262,17 +262,7 @@ async fn a_validating_subscription_dead_letters_a_mismatch_with_reason_schema() 
 
     let received = app.wait_for("/strict", 1, ARRIVES).await;
     assert_eq!(received[0].body["payload"]["order_id"], "o-10");
-    let deadline = std::time::Instant::now() + ARRIVES;
-    let listed = loop {
-        let listed = sidecar
-            .call("GET", "/v1/subscriptions/strict/dead-letters", None)
-            .await;
-        if listed.body["total"] == 1 {
-            break listed.body;
-        }
-        assert!(std::time::Instant::now() < deadline, "{listed:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let listed = sidecar.wait_dead_letters("strict", 1, ARRIVES).await;
     let letter = &listed["dead_letters"][0];
     assert_eq!(letter["reason"], "schema");
     assert!(

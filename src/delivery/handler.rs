@@ -15,7 +15,7 @@ use lapin::{
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, debug, field::Empty, info, info_span, warn};
+use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
     app::AppClient,
@@ -33,6 +33,22 @@ use crate::{
         metrics::{DeliveryOutcome, Metrics},
     },
 };
+
+/// Logs about one event at `level`, with the fields every such line carries: subscription,
+/// event id, type, correlation and causation ids, and the trace id.
+macro_rules! event_log {
+    ($level:ident, $context:expr, $envelope:expr, $($rest:tt)+) => {
+        tracing::$level!(
+            subscription = %$context.subscription.name,
+            event_id = %$envelope.event_id,
+            event_type = %$envelope.event_type,
+            correlation_id = %$envelope.correlation_id,
+            causation_id = $envelope.causation_id.as_deref(),
+            trace_id = %current_trace_id(),
+            $($rest)+
+        )
+    };
+}
 
 /// How long a copy waits before another try when a twin is in flight or the store failed.
 const DEFER: Duration = Duration::from_secs(1);
@@ -227,15 +243,7 @@ impl Context {
                 self.metrics
                     .delivery(&self.subscription.name, DeliveryOutcome::Duplicate);
                 Span::current().record("causeway.outcome", "duplicate");
-                info!(
-                    subscription = %self.subscription.name,
-                    event_id = %envelope.event_id,
-                    event_type = %envelope.event_type,
-                    correlation_id = %envelope.correlation_id,
-                    causation_id = envelope.causation_id.as_deref(),
-                    trace_id = %current_trace_id(),
-                    "duplicate_event_skipped"
-                );
+                event_log!(info, self, envelope, "duplicate_event_skipped");
                 ack(delivery).await;
             }
             Ok(Claim::Busy) => {
@@ -290,13 +298,10 @@ impl Context {
                     // An ordered retry may have marked the span failed before.
                     span.record("otel.status_code", "ok");
                     span.record("otel.status_description", "");
-                    debug!(
-                        subscription = %self.subscription.name,
-                        event_id = %envelope.event_id,
-                        event_type = %envelope.event_type,
-                        correlation_id = %envelope.correlation_id,
-                        causation_id = envelope.causation_id.as_deref(),
-                        trace_id = %current_trace_id(),
+                    event_log!(
+                        debug,
+                        self,
+                        envelope,
                         attempt,
                         took_ms = started.elapsed().as_millis() as u64,
                         "event delivered"
@@ -321,13 +326,10 @@ impl Context {
                     let _ = self.dedup.release(key).await;
                     span.record("causeway.outcome", "retry");
                     span.fail(&answer.describe());
-                    warn!(
-                        subscription = %self.subscription.name,
-                        event_id = %envelope.event_id,
-                        event_type = %envelope.event_type,
-                        correlation_id = %envelope.correlation_id,
-                        causation_id = envelope.causation_id.as_deref(),
-                        trace_id = %current_trace_id(),
+                    event_log!(
+                        warn,
+                        self,
+                        envelope,
                         attempt,
                         delay_ms = delay.as_millis() as u64,
                         error = %answer.describe(),
@@ -371,13 +373,10 @@ impl Context {
 
     fn dead_lettered(&self, envelope: &Envelope, reason: Reason, attempts: u32) {
         Span::current().record("causeway.outcome", "dead_lettered");
-        warn!(
-            subscription = %self.subscription.name,
-            event_id = %envelope.event_id,
-            event_type = %envelope.event_type,
-            correlation_id = %envelope.correlation_id,
-            causation_id = envelope.causation_id.as_deref(),
-            trace_id = %current_trace_id(),
+        event_log!(
+            warn,
+            self,
+            envelope,
             reason = reason.as_str(),
             attempts,
             dlq = %self.queues.dlq,

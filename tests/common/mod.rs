@@ -209,6 +209,27 @@ impl Sidecar {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The dead-letter listing of subscription `name`.
+    pub async fn dead_letters(&self, name: &str) -> Value {
+        let path = format!("/v1/subscriptions/{name}/dead-letters");
+        let answer = self.call("GET", &path, None).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        answer.body
+    }
+
+    /// Waits until the dead-letter queue of `name` holds `count` messages; the listing.
+    pub async fn wait_dead_letters(&self, name: &str, count: u64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let listed = self.dead_letters(name).await;
+            if listed["total"] == count {
+                return listed;
+            }
+            assert!(Instant::now() < deadline, "dead letters: {listed}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The log lines at level ERROR.
     pub fn error_lines(&self) -> Vec<String> {
         self.logs()
