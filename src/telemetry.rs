@@ -56,10 +56,13 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let tracer = provider.tracer("causeway");
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(Targets::new().with_target("causeway", tracing::Level::INFO));
+    // With every span dropped by configuration, spans are not built at all: the trace
+    // context an app sends still passes through to the broker and the next app unchanged.
+    let otel = spans_wanted().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("causeway"))
+            .with_filter(Targets::new().with_target("causeway", tracing::Level::INFO))
+    });
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -99,6 +102,14 @@ impl Telemetry {
             Ok(Err(_)) | Err(_) => tracing::warn!("flushing spans did not finish in time"),
         }
     }
+}
+
+/// Spans are made unless the SDK is disabled or the sampler drops every one of them.
+fn spans_wanted() -> bool {
+    let is = |name: &str, value: &str| {
+        std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    !is("OTEL_SDK_DISABLED", "true") && !is("OTEL_TRACES_SAMPLER", "always_off")
 }
 
 /// Spans are exported when an OTLP endpoint is configured and the SDK is not disabled.
