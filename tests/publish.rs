@@ -457,3 +457,34 @@ async fn many_publishes_in_flight_are_all_confirmed() {
 
     sidecar.cleanup(&broker).await;
 }
+
+#[tokio::test]
+async fn with_spans_off_the_callers_trace_context_passes_through() {
+    let sidecar = Settings::new()
+        .set("OTEL_TRACES_SAMPLER", "always_off")
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let mut queue = broker.bind(sidecar.exchange(), "#").await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    let answer = sidecar
+        .publish(
+            "OrderPlaced",
+            "{}",
+            &[("traceparent", traceparent), ("tracestate", "k=v")],
+        )
+        .await;
+
+    assert_eq!(answer.status, 202);
+    let delivery = queue.next(ARRIVES).await.unwrap();
+    assert_eq!(
+        header(&delivery.properties, "traceparent").as_deref(),
+        Some(traceparent)
+    );
+    assert_eq!(
+        header(&delivery.properties, "tracestate").as_deref(),
+        Some("k=v")
+    );
+    sidecar.cleanup(&broker).await;
+}
