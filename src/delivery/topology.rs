@@ -5,7 +5,8 @@
 //!                                                │  retry: published to wait tier k with a
 //!                                                │  per-message TTL; on expiry the broker
 //!                                                ▼  dead-letters it back into the main queue
-//!                                  {service}.{name}.retry.{k}  (quorum, TTL → main queue)
+//!                                  {service}.{name}.retry.{k}  (quorum, TTL → main queue,
+//!                                                               at-least-once dead-lettering)
 //!                                  {service}.{name}.dlq        (classic; dead letters)
 //! ```
 
@@ -78,6 +79,12 @@ pub async fn declare(
         let mut args = quorum();
         args.insert("x-dead-letter-exchange".into(), text(""));
         args.insert("x-dead-letter-routing-key".into(), text(&queues.main));
+        // The way back to the main queue is the retry itself: the broker keeps the message
+        // until the main queue has confirmed it (RabbitMQ's default drops it on the way if
+        // the main queue is unavailable at that moment). At-least-once requires the
+        // reject-publish overflow mode.
+        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        args.insert("x-overflow".into(), text("reject-publish"));
         declare_queue(channel, wait, args).await?;
     }
     for key in subscription.binding_keys() {
