@@ -788,3 +788,43 @@ async fn the_delivery_attempt_counts_across_a_sidecar_crash() {
     restarted.cleanup(&broker).await;
     drop(sidecar);
 }
+
+#[tokio::test]
+async fn an_app_that_is_not_listening_yet_gets_the_event_without_using_attempts() {
+    // A port with nothing behind it, as while the app restarts.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let toml = "[[subscriptions]]\nname = \"later\"\nevent_type = \"OrderPlaced\"\nroute = \"/later\"\n\
+                max_attempts = 2\nbackoff_initial_ms = 10\nbackoff_max_ms = 20\n";
+    let sidecar = Settings::new()
+        .app(&format!("http://127.0.0.1:{port}"))
+        .config_file(toml)
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+
+    let published = sidecar.publish("OrderPlaced", "{}", &[]).await;
+    let waiting = sidecar
+        .wait_for_log(
+            "the app is not listening; the delivery waits for it",
+            ARRIVES,
+        )
+        .await;
+    assert_eq!(waiting["event_id"], published.body["event_id"]);
+    // Far longer than two attempts with these backoffs would take.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sidecar.dead_letters("later").await["total"], 0);
+
+    let app = TestApp::start_on(port).await;
+    let received = app.wait_for("/later", 1, ARRIVES).await;
+
+    assert_eq!(
+        received[0].event_id(),
+        published.body["event_id"].as_str().unwrap()
+    );
+    assert_eq!(received[0].header("x-delivery-attempt"), Some("1"));
+    sidecar.cleanup_subscription(&broker, "later").await;
+    sidecar.cleanup(&broker).await;
+}

@@ -96,6 +96,7 @@ impl AppClient {
                 }
             }
             Err(error) if error.is_timeout() => AppAnswer::Timeout,
+            Err(error) if error.is_connect() => AppAnswer::NotListening(error_chain(&error)),
             Err(error) => AppAnswer::Unreachable(error_chain(&error)),
         }
     }

@@ -52,6 +52,8 @@ macro_rules! event_log {
 
 /// How long a copy waits before another try when a twin is in flight or the store failed.
 const DEFER: Duration = Duration::from_secs(1);
+/// How long a delivery waits before trying an app that was not listening again.
+const APP_WAIT: Duration = Duration::from_millis(500);
 /// How long moving a message to a wait or dead-letter queue may take.
 const REPUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `x-causeway-last-error` kept.
@@ -275,6 +277,7 @@ impl Context {
         let spec = &self.subscription.spec;
         let trace = field_table_trace(&delivery.properties);
         let body = Bytes::from(delivery.data.clone());
+        let mut waited_for_app = false;
         loop {
             let started = Instant::now();
             let answer = self
@@ -290,6 +293,19 @@ impl Context {
                 .await;
             self.metrics
                 .delivery_took(&self.subscription.name, started.elapsed());
+            if let AppAnswer::NotListening(error) = &answer {
+                // Not the event's fault: no attempt is used up. The delivery keeps its
+                // prefetch slot while it waits, so consuming pauses by itself until the app
+                // listens again; events wait in the queue, not in the dead letters.
+                if !waited_for_app {
+                    event_log!(warn, self, envelope, %error, "the app is not listening; the delivery waits for it");
+                    waited_for_app = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(APP_WAIT) => continue,
+                    _ = stop.cancelled() => return requeue(delivery).await,
+                }
+            }
             match disposition(&answer, attempt, spec) {
                 Disposition::Done => {
                     self.metrics

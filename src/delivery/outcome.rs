@@ -16,8 +16,11 @@ pub enum AppAnswer {
     },
     /// No answer within the subscription's `timeout_ms`.
     Timeout,
-    /// The app could not be reached (connection refused, reset, …).
+    /// The app could not be reached (reset, a broken answer, …).
     Unreachable(String),
+    /// Nothing accepts connections at the app's address: the app is not running (starting,
+    /// restarting, or stopped before its sidecar, as Kubernetes stops native sidecars last).
+    NotListening(String),
 }
 
 impl AppAnswer {
@@ -35,6 +38,7 @@ impl AppAnswer {
             AppAnswer::Status { code, .. } => format!("the app answered {code}"),
             AppAnswer::Timeout => "the app did not answer in time".into(),
             AppAnswer::Unreachable(error) => format!("the app is unreachable: {error}"),
+            AppAnswer::NotListening(error) => format!("the app is not listening: {error}"),
         }
     }
 }
@@ -180,7 +184,8 @@ mod tests {
             status(500),
             status(503),
             AppAnswer::Timeout,
-            AppAnswer::Unreachable("connection refused".into()),
+            AppAnswer::Unreachable("connection reset".into()),
+            AppAnswer::NotListening("connection refused".into()),
         ];
         for answer in &answers {
             for (attempt, bound_ms) in [(1, 100), (2, 200), (3, 400), (4, 800)] {
