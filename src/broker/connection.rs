@@ -54,6 +54,8 @@ impl Link {
 /// How often the channel's health and the unrouted queue are checked while connected.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 const UNROUTED_EVERY: Duration = Duration::from_secs(10);
+/// The unrouted depth before the first reading.
+const NOT_READ: u64 = u64::MAX;
 /// How long closing the connection may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -105,7 +107,7 @@ impl Connector {
             topology,
             name: format!("causeway {service} publisher"),
             link,
-            unrouted_depth: AtomicU64::default(),
+            unrouted_depth: AtomicU64::new(NOT_READ),
             metrics,
         };
         (connector, state)
@@ -233,7 +235,16 @@ impl Connector {
         };
         self.metrics.unrouted(depth);
         let before = self.unrouted_depth.swap(depth, Ordering::Relaxed);
-        if depth > before {
+        if before == NOT_READ {
+            // The first reading: what waits was published before this sidecar looked.
+            if depth > 0 {
+                warn!(
+                    queue = %self.topology.unrouted,
+                    waiting = depth,
+                    "events wait in the unrouted queue: no subscription was bound for them when they were published"
+                );
+            }
+        } else if depth > before {
             warn!(
                 queue = %self.topology.unrouted,
                 waiting = depth,
