@@ -488,3 +488,63 @@ async fn with_spans_off_the_callers_trace_context_passes_through() {
     );
     sidecar.cleanup(&broker).await;
 }
+
+#[tokio::test]
+async fn a_nack_or_a_returned_event_is_an_error_never_a_202() {
+    let sidecar = Settings::new().start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+
+    // A queue that refuses every message: the broker nacks what is routed to it.
+    let full = common::unique("test-full");
+    let mut args = lapin::types::FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(0));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    broker
+        .channel
+        .queue_declare(
+            full.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    broker
+        .channel
+        .queue_bind(
+            full.as_str().into(),
+            sidecar.exchange().into(),
+            "Refused.v1".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let nacked = sidecar.publish("Refused", "{}", &[]).await;
+    assert_eq!(nacked.status, 503, "{nacked:?}");
+    assert!(
+        nacked.body["detail"].as_str().unwrap().contains("nack"),
+        "{nacked:?}"
+    );
+
+    // Without the alternate exchange an unroutable mandatory publish comes back.
+    broker.delete_exchange(sidecar.unrouted()).await;
+    let returned = sidecar.publish("NobodyAtAll", "{}", &[]).await;
+    assert_eq!(returned.status, 503, "{returned:?}");
+    assert!(
+        returned.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unroutable"),
+        "{returned:?}"
+    );
+
+    broker.delete_queue(&full).await;
+    sidecar.cleanup(&broker).await;
+}

@@ -321,3 +321,48 @@ async fn consumers_come_back_after_the_broker_connection_is_cut_without_leaking(
     sidecar.cleanup_subscription(&broker, "heal").await;
     sidecar.cleanup(&broker).await;
 }
+
+#[tokio::test]
+async fn a_confirm_that_does_not_come_is_a_504_and_a_retry_with_the_key_keeps_the_event_id() {
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let sidecar = Settings::new()
+        .set("CAUSEWAY_AMQP_URL", &proxy.amqp_url())
+        .set("CAUSEWAY_CONFIRM_TIMEOUT", "1s")
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let mut queue = broker.bind(sidecar.exchange(), "#").await;
+    let keyed = [("Idempotency-Key", "k-504")];
+
+    proxy.freeze();
+    let started = Instant::now();
+    let timed_out = sidecar.publish("OrderPlaced", "{}", &keyed).await;
+    let took = started.elapsed();
+    proxy.thaw();
+
+    assert_eq!(timed_out.status, 504, "{timed_out:?}");
+    assert_eq!(
+        timed_out.body["type"],
+        "urn:causeway:problem:confirm-timeout"
+    );
+    assert!(took < Duration::from_secs(3), "the publish waited {took:?}");
+    // The outcome was unknown: the retry with the same key is the same event.
+    let retried = sidecar.publish("OrderPlaced", "{}", &keyed).await;
+    assert_eq!(retried.status, 202, "{retried:?}");
+    let delivered: Vec<Value> = queue
+        .drain(Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|d| body(d)["event_id"].clone())
+        .collect();
+    assert!(!delivered.is_empty());
+    let event_ids: HashSet<&Value> = delivered.iter().collect();
+    assert_eq!(
+        event_ids.len(),
+        1,
+        "two different events for one key: {delivered:?}"
+    );
+    assert!(event_ids.contains(&retried.body["event_id"]));
+
+    sidecar.cleanup(&broker).await;
+}
