@@ -33,7 +33,7 @@ impl Proxy {
         let accept = {
             let (open, frozen, links) = (open.clone(), frozen.clone(), links.clone());
             tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
                     // While cut, the port accepts and closes at once, like a Service
                     // without a ready backend.
                     if !open.load(Ordering::SeqCst) {
