@@ -5,11 +5,13 @@ use std::{fmt, str::FromStr, time::SystemTime};
 
 use lapin::{
     BasicProperties,
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{FieldTable, ShortString},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
+
+use crate::amqp::text;
 
 /// One event as it travels through the broker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,17 +104,17 @@ impl Envelope {
     pub fn properties(&self, trace: &TraceContext) -> Result<BasicProperties, EnvelopeError> {
         let mut headers = FieldTable::default();
         if let Some(causation_id) = &self.causation_id {
-            headers.insert("causation_id".into(), long_string(causation_id));
+            headers.insert("causation_id".into(), text(causation_id));
         }
         headers.insert(
             "schema_version".into(),
-            long_string(&self.schema_version.to_string()),
+            text(&self.schema_version.to_string()),
         );
         if let Some(traceparent) = &trace.traceparent {
-            headers.insert("traceparent".into(), long_string(traceparent));
+            headers.insert("traceparent".into(), text(traceparent));
         }
         if let Some(tracestate) = &trace.tracestate {
-            headers.insert("tracestate".into(), long_string(tracestate));
+            headers.insert("tracestate".into(), text(tracestate));
         }
         // The same instant as `occurred_at`, also when a retry republishes the event later.
         let occurred =
@@ -134,10 +136,6 @@ impl Envelope {
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
-
-fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
-}
 
 fn short(value: &str) -> Result<ShortString, EnvelopeError> {
     ShortString::try_new(value).map_err(|_| EnvelopeError::TooLong)
@@ -228,6 +226,7 @@ impl<'de> Deserialize<'de> for SchemaVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::AMQPValue;
 
     fn sample() -> Envelope {
         Envelope {

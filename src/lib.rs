@@ -15,6 +15,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod amqp;
 pub mod api;
 pub mod broker;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod envelope;
 pub mod health;
+mod key_locks;
 pub mod publish;
 pub mod schema;
 pub mod shutdown;

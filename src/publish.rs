@@ -1,8 +1,6 @@
 //! The publish path without HTTP: from an app's event to a confirmed envelope on the broker,
 //! with idempotency keys honoured.
 
-mod key_locks;
-
 use std::{sync::Arc, time::Duration};
 
 use serde_json::value::RawValue;
@@ -12,6 +10,7 @@ use uuid::Uuid;
 use crate::{
     broker::{PendingConfirm, PublishError, Publisher},
     envelope::{Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339},
+    key_locks::{KeyGuard, KeyLocks},
     schema::{Invalid, SchemaRegistry},
     store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
     telemetry::{
@@ -20,7 +19,6 @@ use crate::{
         trace_of,
     },
 };
-use key_locks::{KeyGuard, KeyLocks};
 
 /// One event an app asked to publish, checked for syntax already.
 #[derive(Debug)]

@@ -3,8 +3,10 @@
 use lapin::{
     Channel, ExchangeKind,
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{FieldTable, ShortString},
 };
+
+use crate::amqp::text;
 
 /// The publish-side topology:
 ///
@@ -96,8 +98,4 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
 /// they always fit an AMQP short string.
 fn name(value: &str) -> ShortString {
     ShortString::from(value)
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }

@@ -5,11 +5,7 @@
 //! operations on one subscription take turns, so that a listing never hides messages
 //! another listing holds.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -20,16 +16,14 @@ use lapin::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use tokio::{
-    sync::Mutex,
-    time::{Instant, timeout},
-};
+use tokio::time::{Instant, timeout};
 
-use super::{
-    handler::{copy_properties, int_header, text_header},
-    topology::Queues,
+use super::{handler::copy_properties, topology::Queues};
+use crate::{
+    amqp::{int_header, text_header},
+    broker::{PublishError, close_gracefully, publish_confirmed, queue_depth},
+    key_locks::{KeyGuard, KeyLocks},
 };
-use crate::broker::{PublishError, close_gracefully, publish_confirmed, queue_depth};
 
 /// How long one dead-letter operation may take at the broker.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,7 +84,7 @@ pub enum DeadLetterError {
 #[derive(Clone, Debug)]
 pub struct DeadLetters {
     url: String,
-    turns: Arc<Mutex<BTreeMap<String, Arc<Mutex<()>>>>>,
+    turns: Arc<KeyLocks>,
 }
 
 impl DeadLetters {
@@ -206,15 +200,8 @@ impl DeadLetters {
         .await
     }
 
-    async fn turn(&self, queue: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .turns
-            .lock()
-            .await
-            .entry(queue.to_owned())
-            .or_default()
-            .clone();
-        lock.lock_owned().await
+    async fn turn(&self, queue: &str) -> KeyGuard<'_> {
+        self.turns.lock(queue).await
     }
 
     /// Runs `operation` on a fresh channel of a fresh connection, within the time limit.

@@ -11,7 +11,7 @@ use lapin::{
     BasicProperties, Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use super::{
     topology::Queues,
 };
 use crate::{
+    amqp::{self, int_header},
     broker::{PublishError, publish_confirmed},
     envelope::{Envelope, now_rfc3339},
     schema::{Invalid, SchemaRegistry},
@@ -548,35 +549,11 @@ pub(crate) fn copy_properties(
     original.clone().with_headers(headers).with_delivery_mode(2)
 }
 
+/// A text header value, cut to `MAX_ERROR_LEN` characters.
 fn text(value: &str) -> AMQPValue {
     let value = match value.char_indices().nth(MAX_ERROR_LEN) {
         Some((cut, _)) => &value[..cut],
         None => value,
     };
-    AMQPValue::LongString(LongString::from(value))
-}
-
-/// An integer header, whatever integer type (or decimal text) the writer used.
-pub(crate) fn int_header(properties: &BasicProperties, name: &str) -> Option<u64> {
-    let value = properties.headers().as_ref()?.inner().get(name)?;
-    match value {
-        AMQPValue::ShortShortUInt(v) => Some((*v).into()),
-        AMQPValue::ShortUInt(v) => Some((*v).into()),
-        AMQPValue::LongUInt(v) => Some((*v).into()),
-        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
-        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
-        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
-        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
-        AMQPValue::LongString(v) => v.to_string().parse().ok(),
-        _ => None,
-    }
-}
-
-/// A text header.
-pub(crate) fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
-    match properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(v) => Some(v.to_string()),
-        AMQPValue::ShortString(v) => Some(v.to_string()),
-        _ => None,
-    }
+    amqp::text(value)
 }

@@ -13,11 +13,11 @@
 use lapin::{
     Channel,
     options::{QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
 
 use super::outcome::wait_tiers;
-use crate::subscription::Subscription;
+use crate::{amqp::text, subscription::Subscription};
 
 /// The queue names of one subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,10 +134,6 @@ fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("quorum"));
     args
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }
 
 /// Queue names are at most 100 (service) + 1 + 100 (name) + 12 bytes of suffix, and binding

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use lapin::{BasicProperties, types::AMQPValue};
+use lapin::BasicProperties;
 use opentelemetry::{
     propagation::TextMapPropagator,
     trace::{TraceContextExt, TraceId},
@@ -10,7 +10,7 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::envelope::TraceContext;
+use crate::{amqp::text_header, envelope::TraceContext};
 
 /// The OpenTelemetry context a `traceparent`/`tracestate` pair describes.
 pub fn context_of(trace: &TraceContext) -> opentelemetry::Context {
@@ -41,14 +41,9 @@ pub fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
 
 /// The trace context a publisher put in a message's headers.
 pub fn field_table_trace(properties: &BasicProperties) -> TraceContext {
-    let header = |name: &str| match properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(value) => Some(value.to_string()),
-        AMQPValue::ShortString(value) => Some(value.to_string()),
-        _ => None,
-    };
     TraceContext {
-        traceparent: header("traceparent"),
-        tracestate: header("tracestate"),
+        traceparent: text_header(properties, "traceparent"),
+        tracestate: text_header(properties, "tracestate"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! One lock per idempotency key, held while a keyed publish runs.
+//! Async locks by key: one idempotency key's publishes, one dead-letter queue's operations.
 
 use std::{
     collections::HashMap,
