@@ -13,6 +13,6 @@ pub mod outcome;
 mod supervisor;
 pub mod topology;
 
-pub use app::AppClient;
+pub use app::{AppClient, InvalidAppUrl};
 pub use dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Replayed};
 pub use supervisor::{State, States, SubscriptionState, Supervisor, SupervisorConfig};

@@ -53,7 +53,7 @@ pub enum SidecarError {
     Schema(#[from] SchemaError),
     /// The HTTP client for the app could not be built.
     #[error("cannot build the app client: {0}")]
-    AppClient(#[from] reqwest::Error),
+    AppClient(#[from] crate::delivery::InvalidAppUrl),
     /// A listener failed while serving.
     #[error("the {name} listener failed: {source}")]
     Serve {

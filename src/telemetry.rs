@@ -62,6 +62,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("causeway"))
             .with_filter(Targets::new().with_target("causeway", tracing::Level::INFO))
+            .boxed()
     });
 
     let filter =
@@ -76,7 +77,10 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
     };
-    let subscriber = tracing_subscriber::registry().with(logs).with(otel);
+    // A list, not an `Option` layer: an absent `Option` layer enables every span, and the
+    // registry would then build spans nobody records.
+    let layers: Vec<_> = std::iter::once(logs).chain(otel).collect();
+    let subscriber = tracing_subscriber::registry().with(layers);
     // Only fails when a subscriber is already installed, which then keeps working.
     let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(Telemetry {

@@ -1,11 +1,26 @@
 //! The HTTP client that POSTs events to the local app.
+//!
+//! The app is on the pod's loopback, so the client is HTTP/1.1 over a pool of plain
+//! keep-alive connections and nothing more: no proxies, redirects, URL parsing per request
+//! or name resolution beyond the connect. Each delivery takes an idle connection (or opens
+//! one), sends, reads the whole answer so that the connection can serve the next delivery,
+//! and puts it back.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use bytes::Bytes;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-
-use tracing::{Instrument, field::Empty, info_span};
+use http_body_util::{BodyExt, Full};
+use hyper::{
+    Request, StatusCode, Uri,
+    client::conn::http1::{self, SendRequest},
+    header::{CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER},
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, time::Instant};
+use tracing::{Instrument, debug, field::Empty, info_span};
 
 use super::outcome::AppAnswer;
 use crate::{
@@ -13,29 +28,78 @@ use crate::{
     telemetry::{TraceExt, trace_of},
 };
 
+/// Idle connections kept at most: one per delivery that can be in flight at once is plenty.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused. Servers close idle
+/// connections after a few seconds (2 s for gunicorn, 5 s for Node.js); a request sent just
+/// as the app closes one would fail for nothing.
+const IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// A pooled keep-alive client for the app at one base URL.
 #[derive(Clone, Debug)]
 pub struct AppClient {
-    http: reqwest::Client,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `host:port`, to connect to.
+    address: String,
+    /// The `Host` header.
+    host: HeaderValue,
+    /// The path every route is under (empty, or `/prefix`).
+    prefix: String,
+    /// `http://host:port/prefix`, for spans.
     base: String,
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Full<Bytes>>,
+    since: Instant,
+}
+
+/// The app URL is not an `http://host[:port][/path]` URL.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid app URL {url:?}: {reason}")]
+pub struct InvalidAppUrl {
+    url: String,
+    reason: &'static str,
 }
 
 impl AppClient {
     /// A client for the app at `base` (such as `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            // Deliveries go to the app in the same pod: never through an HTTP proxy.
-            .no_proxy()
-            // A redirect is an answer like any other non-2xx: a 301/302 would otherwise
-            // turn the POST into a GET somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()?;
+    pub fn new(base: &str) -> Result<Self, InvalidAppUrl> {
+        let invalid = |reason| InvalidAppUrl {
+            url: base.to_owned(),
+            reason,
+        };
+        let base = base.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| invalid("expected http://"))?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        let authority: hyper::http::uri::Authority =
+            authority.parse().map_err(|_| invalid("bad host or port"))?;
+        if authority.as_str().contains('@') {
+            return Err(invalid("credentials are not supported"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host();
+        let address = format!("{host}:{port}");
         Ok(AppClient {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
+            inner: Arc::new(Inner {
+                address,
+                host: HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| invalid("bad host or port"))?,
+                prefix: prefix.to_owned(),
+                base: base.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -50,25 +114,33 @@ impl AppClient {
         trace: &TraceContext,
         timeout: Duration,
     ) -> AppAnswer {
-        let url = format!("{}{route}", self.base);
         let span = info_span!(
             "POST",
             otel.kind = "client",
             otel.status_code = Empty,
             otel.status_description = Empty,
             http.request.method = "POST",
-            url.full = %url,
+            url.full = Empty,
             http.response.status_code = Empty,
         );
+        if !span.is_disabled() {
+            span.record("url.full", format!("{}{route}", self.inner.base));
+        }
         // Without tracing installed, the publisher's context passes through unchanged.
         let trace = trace_of(&span).unwrap_or_else(|| trace.clone());
-        let request = self
-            .http
-            .post(url)
-            .headers(headers(envelope, attempt, &trace))
-            .timeout(timeout)
-            .body(body);
-        let answer = Self::answer(request).instrument(span.clone()).await;
+        let answer = match self.request(route, body, envelope, attempt, &trace) {
+            Ok(request) => {
+                let exchange = self.exchange(request);
+                match tokio::time::timeout(timeout, exchange)
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(answer) => answer,
+                    Err(_) => AppAnswer::Timeout,
+                }
+            }
+            Err(error) => AppAnswer::Unreachable(error),
+        };
         match &answer {
             AppAnswer::Status { code, .. } => {
                 span.record("http.response.status_code", code);
@@ -81,30 +153,138 @@ impl AppClient {
         answer
     }
 
-    async fn answer(request: reqwest::RequestBuilder) -> AppAnswer {
-        match request.send().await {
-            Ok(response) => {
-                let retry_after = response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                AppAnswer::Status {
-                    code: response.status().as_u16(),
-                    retry_after,
+    fn request(
+        &self,
+        route: &str,
+        body: Bytes,
+        envelope: &Envelope,
+        attempt: u32,
+        trace: &TraceContext,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let path = if self.inner.prefix.is_empty() {
+            Uri::try_from(route)
+        } else {
+            Uri::try_from(format!("{}{route}", self.inner.prefix))
+        }
+        .map_err(|error| format!("invalid route {route:?}: {error}"))?;
+        let mut request = Request::post(path)
+            .body(Full::new(body))
+            .map_err(|error| error.to_string())?;
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.inner.host.clone());
+        set_headers(headers, envelope, attempt, trace);
+        Ok(request)
+    }
+
+    /// Sends `request` on a pooled or new connection and reads the whole answer.
+    async fn exchange(&self, mut request: Request<Full<Bytes>>) -> AppAnswer {
+        loop {
+            let (mut sender, reused) = match self.checkout().await {
+                Some(sender) => (sender, true),
+                None => match self.connect().await {
+                    Ok(sender) => (sender, false),
+                    Err(answer) => return answer,
+                },
+            };
+            let response = match sender.try_send_request(request).await {
+                Ok(response) => response,
+                Err(mut error) => match error.take_message() {
+                    // The app closed the connection before the request was written (an idle
+                    // connection closing as it was taken): it goes again on a new one.
+                    Some(unsent) if reused => {
+                        debug!(error = %error.error(), "a pooled connection to the app was closed; reconnecting");
+                        request = unsent;
+                        continue;
+                    }
+                    _ => return AppAnswer::Unreachable(error_chain(error.error())),
+                },
+            };
+            let code = response.status();
+            let retry_after = retry_after(response.headers());
+            // Reading the answer to its end frees the connection for the next delivery; an
+            // answer that breaks half-way still counts, but its connection is not reused.
+            let mut body = response.into_body();
+            let mut whole = true;
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    whole = false;
+                    break;
                 }
             }
-            Err(error) if error.is_timeout() => AppAnswer::Timeout,
-            Err(error) if error.is_connect() => AppAnswer::NotListening(error_chain(&error)),
-            Err(error) => AppAnswer::Unreachable(error_chain(&error)),
+            if whole && code != StatusCode::SWITCHING_PROTOCOLS {
+                self.checkin(sender);
+            }
+            return AppAnswer::Status {
+                code: code.as_u16(),
+                retry_after,
+            };
         }
+    }
+
+    /// The most recently used idle connection that is still open.
+    async fn checkout(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let idle = self.idle().pop()?;
+            if idle.since.elapsed() > IDLE_FOR || idle.sender.is_closed() {
+                // Older ones sit below it in the stack: drop them all.
+                self.idle()
+                    .retain(|older| older.since.elapsed() <= IDLE_FOR);
+                continue;
+            }
+            let mut sender = idle.sender;
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn checkin(&self, sender: SendRequest<Full<Bytes>>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AppAnswer> {
+        let stream = TcpStream::connect(&self.inner.address)
+            .await
+            .map_err(|error| AppAnswer::NotListening(format!("connect: {error}")))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| AppAnswer::Unreachable(error_chain(&error)))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%error, "a connection to the app ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.inner
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
 /// The delivery headers: the envelope's ids, the attempt, and the trace context.
-fn headers(envelope: &Envelope, attempt: u32, trace: &TraceContext) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(9);
+fn set_headers(headers: &mut HeaderMap, envelope: &Envelope, attempt: u32, trace: &TraceContext) {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut set = |name: &'static str, value: &str| {
         // Values came through the publish checks (printable ASCII); a message written by
@@ -113,24 +293,30 @@ fn headers(envelope: &Envelope, attempt: u32, trace: &TraceContext) -> HeaderMap
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    set("x-event-id", &envelope.event_id.to_string());
+    let mut id = uuid::Uuid::encode_buffer();
+    set(
+        "x-event-id",
+        envelope.event_id.hyphenated().encode_lower(&mut id),
+    );
     set("x-event-type", &envelope.event_type);
     set("x-schema-version", &envelope.schema_version.to_string());
     set("x-correlation-id", &envelope.correlation_id);
     if let Some(causation_id) = &envelope.causation_id {
         set("x-causation-id", causation_id);
     }
-    set("x-delivery-attempt", &attempt.to_string());
     if let Some(traceparent) = &trace.traceparent {
         set("traceparent", traceparent);
     }
     if let Some(tracestate) = &trace.tracestate {
         set("tracestate", tracestate);
     }
-    headers
+    headers.insert(
+        HeaderName::from_static("x-delivery-attempt"),
+        HeaderValue::from(attempt),
+    );
 }
 
-/// The error and its causes on one line ("error sending request: connection refused").
+/// The error and its causes on one line ("connection closed before message completed").
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -141,3 +327,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests;

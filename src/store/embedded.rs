@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -74,12 +74,19 @@ const QUEUE: usize = 4096;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_LIMIT: usize = 10_000;
 
+/// Pages of the file kept in memory. redb's default (1 GiB) lets a sidecar's memory grow
+/// with its data; lookups are of recent events, whose pages stay in this cache, and older
+/// pages are still in the kernel's page cache.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 type Job = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
+/// Called with the outcome of the commit that carried a write.
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 struct WriteRequest {
     job: Job,
     durable: bool,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    done: Done,
 }
 
 /// The default store: crash-safe, in one file, shared by the parts of one sidecar.
@@ -90,6 +97,8 @@ pub struct EmbeddedStore {
     /// Dedup claims are leases of this process only: they live in memory, and a crash
     /// releases them, as it should.
     claims: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Correlation ids queued for the file but not committed yet, by event id.
+    uncommitted_correlations: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -106,7 +115,9 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Embedded(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("causeway.redb");
-        let db = Database::create(&path)
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
             .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(embedded)?;
         for table in Expiring::ALL {
@@ -127,6 +138,7 @@ impl EmbeddedStore {
             db,
             writes,
             claims: Arc::default(),
+            uncommitted_correlations: Arc::default(),
         })
     }
 
@@ -152,6 +164,9 @@ impl EmbeddedStore {
             Ok(())
         });
         let (done, committed) = oneshot::channel();
+        let done: Done = Box::new(move |outcome| {
+            let _ = done.send(outcome);
+        });
         self.writes
             .send(WriteRequest { job, durable, done })
             .await
@@ -200,22 +215,14 @@ impl EmbeddedStore {
         expires_at: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let mut value = expires_at.to_be_bytes().to_vec();
-        value.extend_from_slice(data);
-        let key = key.to_owned();
-        let job = move |txn: &WriteTransaction| {
-            txn.open_table(table.table())?
-                .insert(key.as_str(), value.as_slice())?;
-            txn.open_table(EXPIRY)?
-                .insert((expires_at, table.name(), key.as_str()), ())?;
-            Ok(())
-        };
-        self.submit(job, durable).await
+        self.submit(put_job(table, key, data, expires_at), durable)
+            .await
     }
 
     /// Remembers the correlation id of an event delivered here, so that events the app
-    /// publishes in reaction can inherit it. Lazy: a crash may forget it, and the
-    /// redelivery that follows writes it again.
+    /// publishes in reaction can inherit it. Lazy: returns once the write is queued, and
+    /// the record rides along with the next commit (a crash may forget it; the redelivery
+    /// that follows writes it again). Until then it is answered from memory.
     pub async fn remember_correlation(
         &self,
         event_id: &str,
@@ -223,14 +230,28 @@ impl EmbeddedStore {
         retention: Duration,
     ) -> Result<(), StoreError> {
         let expires_at = expiry_after(retention);
-        self.put_expiring(
+        let job = put_job(
             Expiring::Correlations,
             event_id,
             correlation_id.as_bytes(),
             expires_at,
-            false,
-        )
-        .await
+        );
+        lock(&self.uncommitted_correlations).insert(event_id.to_owned(), correlation_id.to_owned());
+        let uncommitted = self.uncommitted_correlations.clone();
+        let event_id = event_id.to_owned();
+        // Whatever the commit's outcome, the file now answers (or the record is lost, as a
+        // crash would lose it).
+        let done: Done = Box::new(move |_| {
+            lock(&uncommitted).remove(&event_id);
+        });
+        self.writes
+            .send(WriteRequest {
+                job: Box::new(job),
+                durable: false,
+                done,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Stores an API-made subscription's spec (JSON), durably.
@@ -272,13 +293,42 @@ impl EmbeddedStore {
         read().map_err(embedded)
     }
 
-    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    fn claims(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        lock(&self.claims)
     }
+}
+
+/// A job that stores a record expiring at `expires_at` (ms since the epoch) and indexes its
+/// expiry.
+fn put_job(
+    table: Expiring,
+    key: &str,
+    data: &[u8],
+    expires_at: u64,
+) -> impl FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static {
+    let mut value = Vec::with_capacity(8 + data.len());
+    value.extend_from_slice(&expires_at.to_be_bytes());
+    value.extend_from_slice(data);
+    let key = key.to_owned();
+    move |txn: &WriteTransaction| {
+        txn.open_table(table.table())?
+            .insert(key.as_str(), value.as_slice())?;
+        txn.open_table(EXPIRY)?
+            .insert((expires_at, table.name(), key.as_str()), ())?;
+        Ok(())
+    }
+}
+
+/// Maps stay consistent through a panic elsewhere: every update is one insert or remove.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl CorrelationMemory for EmbeddedStore {
     fn correlation_of(&self, event_id: &str) -> Result<Option<String>, StoreError> {
+        if let Some(correlation_id) = lock(&self.uncommitted_correlations).get(event_id) {
+            return Ok(Some(correlation_id.clone()));
+        }
         Ok(self
             .get_expiring(Expiring::Correlations, event_id)?
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
@@ -405,7 +455,7 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
         }
         let outcome = commit(db, jobs, durable).map_err(|e| e.to_string());
         for done in waiters {
-            let _ = done.send(outcome.clone().map_err(StoreError::Embedded));
+            done(outcome.clone().map_err(StoreError::Embedded));
         }
     }
 }

@@ -1,0 +1,219 @@
+//! The app client against a real HTTP server on loopback, written by hand so that each test
+//! controls exactly how the app answers and when it closes connections.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::value::RawValue;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use uuid::Uuid;
+
+use super::*;
+use crate::envelope::now_rfc3339;
+
+fn envelope() -> Envelope {
+    Envelope {
+        event_id: Uuid::now_v7(),
+        event_type: "OrderPlaced".into(),
+        schema_version: "1.0".parse().unwrap(),
+        correlation_id: "flow-1".into(),
+        causation_id: None,
+        occurred_at: now_rfc3339(),
+        source: "orders".into(),
+        payload: RawValue::from_string("{}".into()).unwrap(),
+    }
+}
+
+/// How the test app ends each answer.
+#[derive(Clone, Copy)]
+enum After {
+    /// Keeps the connection for the next request.
+    KeepAlive,
+    /// Says `connection: close` and closes.
+    SayClose,
+    /// Closes without saying so, as an app closing an idle connection does.
+    Drop,
+}
+
+/// An app answering every request with `answer` (status line and headers, then a chunked
+/// body); returns its base URL, the connections it accepted and the requests it read.
+async fn app(
+    answer: &'static str,
+    after: After,
+) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (accepted, seen) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let Some(request) = read_request(&mut stream, &mut buffer).await else {
+                        return;
+                    };
+                    seen.lock().unwrap().push(request);
+                    let close = matches!(after, After::SayClose);
+                    let text = format!(
+                        "{answer}\r\ntransfer-encoding: chunked\r\n{}\r\n5\r\nhello\r\n0\r\n\r\n",
+                        if close { "connection: close\r\n" } else { "" }
+                    );
+                    stream.write_all(text.as_bytes()).await.unwrap();
+                    if !matches!(after, After::KeepAlive) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (base, connections, requests)
+}
+
+/// Reads one request with a `content-length` body; its head, or `None` at the end.
+async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buffer.len() < end + 4 + length {
+                read_more(stream, buffer).await?;
+            }
+            buffer.drain(..end + 4 + length);
+            return Some(head);
+        }
+        read_more(stream, buffer).await?;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+async fn deliver(client: &AppClient, route: &str) -> AppAnswer {
+    client
+        .deliver(
+            route,
+            Bytes::from_static(b"{\"event\":1}"),
+            &envelope(),
+            1,
+            &TraceContext::default(),
+            Duration::from_secs(5),
+        )
+        .await
+}
+
+fn ok() -> AppAnswer {
+    AppAnswer::Status {
+        code: 200,
+        retry_after: None,
+    }
+}
+
+#[tokio::test]
+async fn answers_are_read_whole_and_one_connection_serves_every_delivery() {
+    let (base, connections, requests) = app("HTTP/1.1 200 OK", After::KeepAlive).await;
+    let client = AppClient::new(&base).unwrap();
+    for _ in 0..3 {
+        assert_eq!(deliver(&client, "/events").await, ok());
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    let requests = requests.lock().unwrap();
+    assert_eq!(requests.len(), 3);
+    let first = requests[0].to_ascii_lowercase();
+    assert!(first.starts_with("post /events http/1.1"), "{first}");
+    assert!(first.contains("content-type: application/json"), "{first}");
+    assert!(first.contains("x-delivery-attempt: 1"), "{first}");
+    assert!(first.contains("x-correlation-id: flow-1"), "{first}");
+    assert!(
+        first.contains(&format!("host: {}", base.trim_start_matches("http://"))),
+        "{first}"
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_closes_every_connection_still_gets_every_delivery() {
+    for after in [After::SayClose, After::Drop] {
+        let (base, connections, requests) = app("HTTP/1.1 200 OK", after).await;
+        let client = AppClient::new(&base).unwrap();
+        for _ in 0..3 {
+            assert_eq!(deliver(&client, "/events").await, ok());
+            // The close reaches the client's connection before the next delivery, as an
+            // idle timeout in the app would.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        assert_eq!(requests.lock().unwrap().len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_base_path_prefixes_every_route_and_retry_after_is_read() {
+    let (base, _, requests) = app(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 7",
+        After::KeepAlive,
+    )
+    .await;
+    let client = AppClient::new(&format!("{base}/hooks/")).unwrap();
+    assert_eq!(
+        deliver(&client, "/events").await,
+        AppAnswer::Status {
+            code: 503,
+            retry_after: Some(Duration::from_secs(7)),
+        }
+    );
+    let head = requests.lock().unwrap()[0].clone();
+    assert!(head.starts_with("POST /hooks/events HTTP/1.1"), "{head}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_told_apart_from_a_slow_app() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    // Accepted by the kernel but never answered.
+    let client = AppClient::new(&base).unwrap();
+    let answer = client
+        .deliver(
+            "/events",
+            Bytes::new(),
+            &envelope(),
+            1,
+            &TraceContext::default(),
+            Duration::from_millis(200),
+        )
+        .await;
+    assert_eq!(answer, AppAnswer::Timeout);
+    drop(listener);
+    let answer = deliver(&client, "/events").await;
+    assert!(matches!(answer, AppAnswer::NotListening(_)), "{answer:?}");
+}
+
+#[test]
+fn only_plain_http_urls_with_a_host_are_accepted() {
+    assert!(AppClient::new("http://127.0.0.1:8080").is_ok());
+    assert!(AppClient::new("http://localhost").is_ok());
+    assert!(AppClient::new("http://[::1]:9000/base").is_ok());
+    assert!(AppClient::new("https://127.0.0.1:8080").is_err());
+    assert!(AppClient::new("http://user:pw@127.0.0.1:8080").is_err());
+    assert!(AppClient::new("http://").is_err());
+}
