@@ -117,25 +117,27 @@ async fn bench() {
     sidecar.wait_ready().await;
     declare_sink(&admin, &exchange, &sink).await;
 
-    println!("\n1. publish with confirms, {PAYLOAD_BYTES}-byte payloads, {RUN:?} per run");
-    println!(
-        "   baselines: raw lapin sending the bare payload, and a hand-rolled publisher sending \
-         what causeway sends (envelope + properties)"
-    );
-    println!(
-        "{:>8} | {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6} {:>8} {:>9}",
-        "clients",
-        "bare /s",
-        "hand /s",
-        "p50 ms",
-        "p99 ms",
-        "causeway/s",
-        "p50 ms",
-        "p99 ms",
-        "ratio",
-        "vs bare",
-        "+p50 ms"
-    );
+    if wanted("publish") {
+        println!("\n1. publish with confirms, {PAYLOAD_BYTES}-byte payloads, {RUN:?} per run");
+        println!(
+            "   baselines: raw lapin sending the bare payload, and a hand-rolled publisher sending \
+             what causeway sends (envelope + properties)"
+        );
+        println!(
+            "{:>8} | {:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>6} {:>8} {:>9}",
+            "clients",
+            "bare /s",
+            "hand /s",
+            "p50 ms",
+            "p99 ms",
+            "causeway/s",
+            "p50 ms",
+            "p99 ms",
+            "ratio",
+            "vs bare",
+            "+p50 ms"
+        );
+    }
     let mut publish_rows = Vec::new();
     let cpu_before = sidecar.cpu_seconds();
     let profile = sidecar.profile("publish");
@@ -276,6 +278,13 @@ fn tempdir(id: &str, what: &str) -> String {
 }
 
 async fn declare_sink(channel: &Channel, exchange: &str, queue: &str) {
+    let mut args = FieldTable::default();
+    if std::env::var("SINKQ").is_ok() {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
     channel
         .queue_declare(
             queue.into(),
@@ -283,7 +292,7 @@ async fn declare_sink(channel: &Channel, exchange: &str, queue: &str) {
                 durable: true,
                 ..Default::default()
             },
-            FieldTable::default(),
+            args,
         )
         .await
         .unwrap();
@@ -751,12 +760,15 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(env: &[(&str, String)]) -> Sidecar {
-        let child = Command::new(env!("CARGO_BIN_EXE_causeway"))
+        // BENCH_SIDECAR_BIN measures another build of the binary.
+        let binary = std::env::var("BENCH_SIDECAR_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_causeway").to_owned());
+        let child = Command::new(binary)
             .env_clear()
             .env("CAUSEWAY_API_ADDR", "127.0.0.1:0")
             .env("CAUSEWAY_ADMIN_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn,causeway::sidecar=info")
-            .envs(std::env::var("TOKIO_WORKER_THREADS").map(|n| ("TOKIO_WORKER_THREADS", n)))
+            .envs(std::env::var("CAUSEWAY_WORKER_THREADS").map(|n| ("CAUSEWAY_WORKER_THREADS", n)))
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -54,6 +54,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log line format.
     pub log_format: LogFormat,
+    /// Threads running the sidecar's tasks. Broker I/O and the store's writes have threads
+    /// of their own besides these.
+    pub worker_threads: usize,
     /// The subscriptions of the config file (`[[subscriptions]]`).
     pub subscriptions: Vec<Subscription>,
     /// Things worth a warning once logging is up, such as a `CAUSEWAY_` variable that no
@@ -131,6 +134,7 @@ const KEYS: &[&str] = &[
     "dedup_retention",
     "shutdown_grace",
     "log_format",
+    "worker_threads",
 ];
 
 impl Config {
@@ -298,6 +302,15 @@ impl<'a> Reader<'a> {
         let dedup_retention = self.get("dedup_retention", Some("7d"), parse_duration);
         let shutdown_grace = self.get("shutdown_grace", Some("20s"), parse_duration);
         let log_format = self.get("log_format", Some("json"), parse_log_format);
+        // Two workers unless the pod's CPU limit (which the standard library reads from the
+        // cgroup) allows only one: the broker I/O and the store have threads of their own.
+        let default_workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(2)
+            .to_string();
+        let worker_threads = self.get("worker_threads", Some(&default_workers), |v| {
+            parse_count(v, 64)
+        });
         let subscriptions = self.subscriptions();
         Some(Config {
             service: service?,
@@ -321,6 +334,7 @@ impl<'a> Reader<'a> {
             dedup_retention: dedup_retention?,
             shutdown_grace: shutdown_grace?,
             log_format: log_format?,
+            worker_threads: worker_threads?,
             subscriptions: subscriptions?,
             warnings: self.unknown_variables(),
         })

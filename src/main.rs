@@ -216,7 +216,9 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(config.worker_threads);
+    let Some(runtime) = runtime(&mut builder) else {
         return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {

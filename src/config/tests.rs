@@ -27,6 +27,8 @@ fn defaults_apply_when_only_the_service_is_set() {
     assert_eq!(config.dedup_retention, Duration::from_secs(7 * 24 * 3600));
     assert_eq!(config.log_format, LogFormat::Json);
     assert_eq!(config.api_token, None);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(config.worker_threads, cores.min(2));
 }
 
 #[test]
@@ -38,6 +40,7 @@ fn every_invalid_variable_is_named_at_once() {
             ("CAUSEWAY_MAX_BODY", "lots"),
             ("CAUSEWAY_AMQP_URL", "http://broker"),
             ("CAUSEWAY_CONFIRM_TIMEOUT", "0s"),
+            ("CAUSEWAY_WORKER_THREADS", "0"),
             ("CAUSEWAY_LOG_FORMAT", "xml"),
         ]),
     )
@@ -51,6 +54,7 @@ fn every_invalid_variable_is_named_at_once() {
             "CAUSEWAY_MAX_BODY",
             "CAUSEWAY_CONFIRM_TIMEOUT",
             "CAUSEWAY_LOG_FORMAT",
+            "CAUSEWAY_WORKER_THREADS",
         ]
     );
     let text = error.to_string();
