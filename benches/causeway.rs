@@ -8,6 +8,11 @@
 //!
 //! It prints a table and writes JSON (`BENCH_JSON`, default target/bench/causeway.json).
 //! Numbers are ratios against the baseline measured in the same run: the machine is shared.
+//!
+//! Settings (environment): `BENCH_ONLY=publish,delivery,tracing` runs some parts only;
+//! `BENCH_SINK=quorum` publishes into a quorum queue instead of a classic one;
+//! `CAUSEWAY_WORKER_THREADS` is passed to the sidecar; `BENCH_SIDECAR_BIN` measures another
+//! build of the binary; `BENCH_PERF=dir` records the sidecar with `perf record`.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::{
@@ -277,9 +282,11 @@ fn tempdir(id: &str, what: &str) -> String {
     dir.display().to_string()
 }
 
+/// The queue both publish runs fill: classic and durable, or quorum (like a subscription's)
+/// with `BENCH_SINK=quorum`.
 async fn declare_sink(channel: &Channel, exchange: &str, queue: &str) {
     let mut args = FieldTable::default();
-    if std::env::var("SINKQ").is_ok() {
+    if std::env::var("BENCH_SINK").is_ok_and(|kind| kind == "quorum") {
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
