@@ -8,6 +8,7 @@ pub mod admin;
 mod auth;
 mod batch;
 mod body;
+mod extract;
 pub mod problem;
 mod publish;
 mod schemas;

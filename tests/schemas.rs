@@ -476,3 +476,37 @@ async fn a_batch_is_published_in_order_or_not_at_all() {
 
     sidecar.cleanup(&broker).await;
 }
+
+#[tokio::test]
+async fn bad_path_and_query_parameters_are_problems_too() {
+    let sidecar = started(Settings::new().set("CAUSEWAY_SCHEMAS_DIR", &schemas())).await;
+    let broker = Broker::connect().await;
+    for (case, path) in [
+        (
+            "invalid UTF-8 in a subscription name",
+            "/v1/subscriptions/%FF",
+        ),
+        ("invalid UTF-8 in a schema path", "/v1/schemas/%FF/1.0"),
+        (
+            "a repeated limit",
+            "/v1/subscriptions/any/dead-letters?limit=1&limit=2",
+        ),
+        (
+            "a limit that is not a number",
+            "/v1/subscriptions/any/dead-letters?limit=many",
+        ),
+    ] {
+        let answer = sidecar.call("GET", path, None).await;
+        assert_eq!(answer.status, 400, "{case}: {answer:?}");
+        assert_eq!(
+            answer.headers["content-type"], "application/problem+json",
+            "{case}"
+        );
+        assert_eq!(answer.body["status"], 400, "{case}");
+        assert!(
+            !answer.body["detail"].as_str().unwrap().is_empty(),
+            "{case}"
+        );
+    }
+    sidecar.cleanup(&broker).await;
+}

@@ -2,13 +2,13 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 
-use super::{ApiState, problem::Problem};
+use super::{ApiState, extract::ApiPath, problem::Problem};
 use crate::envelope::SchemaVersion;
 
 /// `GET /v1/schemas`: every event type and its versions.
@@ -19,7 +19,7 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
 /// `GET /v1/schemas/{event_type}/{version}`: one schema document.
 pub(super) async fn get(
     State(state): State<ApiState>,
-    Path((event_type, version)): Path<(String, String)>,
+    ApiPath((event_type, version)): ApiPath<(String, String)>,
 ) -> Result<Response, Problem> {
     let not_found = || {
         Problem::new(

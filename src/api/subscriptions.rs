@@ -5,7 +5,7 @@ use std::{collections::HashSet, time::Duration};
 use axum::{
     Json,
     body::Body,
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -13,7 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{error, info};
 
-use super::{ApiState, body::read_json, problem::Problem};
+use super::{
+    ApiState,
+    body::read_json,
+    extract::{ApiPath, ApiQuery},
+    problem::Problem,
+};
 use crate::{
     delivery::{DeadLetterError, State as ConsumerState, topology::Queues},
     subscription::{FieldProblem, Origin, RegistryError, Subscription, SubscriptionSpec},
@@ -75,7 +80,7 @@ impl ApiState {
 /// subscription, and answers once its consumer runs or `SETUP_WAIT` has passed.
 pub(super) async fn put(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<View>), Problem> {
@@ -117,7 +122,7 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<Value> {
 /// `GET /v1/subscriptions/{name}`.
 pub(super) async fn get(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<View>, Problem> {
     let (subscription, origin) = state.find(&name).await?;
     Ok(Json(state.view(&subscription, origin)))
@@ -127,7 +132,7 @@ pub(super) async fn get(
 /// still consume them, and their messages are not thrown away).
 pub(super) async fn delete(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, Problem> {
     match state.registry.delete(&name).await {
         Ok(true) => {
@@ -152,8 +157,8 @@ pub(super) struct ListQuery {
 /// most 1000), left in the queue in their order.
 pub(super) async fn list_dead_letters(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
-    Query(query): Query<ListQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     let limit = match query.limit.as_deref() {
         None => 100,
@@ -190,7 +195,7 @@ pub(super) struct ReplayRequest {
 /// `POST /v1/subscriptions/{name}/dead-letters/replay`: all of them, or `{"event_ids":[…]}`.
 pub(super) async fn replay_dead_letters(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
@@ -216,7 +221,7 @@ pub(super) async fn replay_dead_letters(
 /// `DELETE /v1/subscriptions/{name}/dead-letters`.
 pub(super) async fn purge_dead_letters(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, Problem> {
     let (subscription, _) = state.find(&name).await?;
     let queues = Queues::new(&state.service, &subscription);
