@@ -285,8 +285,24 @@ fn tempdir(id: &str, what: &str) -> String {
 /// The queue both publish runs fill: classic and durable, or quorum (like a subscription's)
 /// with `BENCH_SINK=quorum`.
 async fn declare_sink(channel: &Channel, exchange: &str, queue: &str) {
+    let quorum = std::env::var("BENCH_SINK").is_ok_and(|kind| kind == "quorum");
+    declare_queue(channel, queue, quorum).await;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Declares a durable queue, classic or quorum.
+async fn declare_queue(channel: &Channel, queue: &str, quorum: bool) {
     let mut args = FieldTable::default();
-    if std::env::var("BENCH_SINK").is_ok_and(|kind| kind == "quorum") {
+    if quorum {
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
@@ -300,16 +316,6 @@ async fn declare_sink(channel: &Channel, exchange: &str, queue: &str) {
                 ..Default::default()
             },
             args,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
         )
         .await
         .unwrap();
@@ -576,22 +582,7 @@ async fn preload(connection: &Connection, queue: &str) {
 /// The baseline: consume and ack, prefetch 256, on a quorum queue like a subscription's.
 async fn raw_consume(connection: &Connection, admin: &Channel, id: &str) -> Sample {
     let queue = format!("bench.{id}.raw");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    admin
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+    declare_queue(admin, &queue, true).await;
     preload(connection, &queue).await;
     let channel = connection.create_channel().await.unwrap();
     channel
