@@ -2,10 +2,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::sync::lock;
 
 /// Async locks by key, created on demand and removed when nobody holds or waits for them,
 /// so the table only ever holds the keys in use.
@@ -25,7 +27,7 @@ impl KeyLocks {
     /// Waits for and takes the lock of `key`.
     pub(crate) async fn lock(&self, key: &str) -> KeyGuard<'_> {
         let mutex = {
-            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut table = lock(&self.table);
             table.entry(key.to_owned()).or_default().clone()
         };
         let guard = mutex.lock_owned().await;
@@ -38,10 +40,7 @@ impl KeyLocks {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.table).len()
     }
 }
 
@@ -50,11 +49,7 @@ impl Drop for KeyGuard<'_> {
         // Release first, then drop the entry if the table holds the only reference left.
         // Clones are only made under the table lock, so this check cannot race one.
         drop(self.guard.take());
-        let mut table = self
-            .locks
-            .table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut table = lock(&self.locks.table);
         if table
             .get(&self.key)
             .is_some_and(|mutex| Arc::strong_count(mutex) == 1)

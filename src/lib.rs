@@ -30,4 +30,5 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod store;
 pub mod subscription;
+mod sync;
 pub mod telemetry;

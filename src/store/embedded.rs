@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -19,6 +19,8 @@ use redb::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::sync::lock;
 
 use super::{
     BoxFuture, Claim, CorrelationMemory, DedupStore, IdempotencyRecord, IdempotencyStore,
@@ -317,11 +319,6 @@ fn put_job(
             .insert((expires_at, table.name(), key.as_str()), ())?;
         Ok(())
     }
-}
-
-/// Maps stay consistent through a panic elsewhere: every update is one insert or remove.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl CorrelationMemory for EmbeddedStore {

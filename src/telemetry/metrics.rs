@@ -2,11 +2,7 @@
 //! are fixed words, subscriptions are configured names, and event types are capped (an app
 //! could make up any number of them).
 
-use std::{
-    collections::HashSet,
-    sync::{Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -301,10 +297,7 @@ impl Metrics {
     }
 
     fn event_type_label(&self, event_type: &str) -> String {
-        let mut seen = self
-            .event_types
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen = crate::sync::lock(&self.event_types);
         if seen.contains(event_type) {
             return event_type.to_owned();
         }
