@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, ApiState, admin::AdminState},
-    broker::{Connector, Publisher},
+    broker::{Connector, Dialer, Publisher},
     config::Config,
     delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
     health::Health,
@@ -89,7 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
 
     let metrics = Arc::new(Metrics::default());
     let broker_shutdown = CancellationToken::new();
-    let (connector, link) = Connector::new(config.broker.clone(), &config.service, metrics.clone());
+    let (connector, link) = Connector::new(&config.broker, &config.service, metrics.clone());
     let broker_task = tokio::spawn(connector.run(broker_shutdown.clone()));
     let (supervisor, states) = Supervisor::new(
         SupervisorConfig {
@@ -133,7 +133,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         service: config.service.as_str().into(),
         registry,
         states: states.clone(),
-        dead_letters: DeadLetters::new(&config.broker.url),
+        dead_letters: DeadLetters::new(Dialer::new(
+            &config.broker.urls,
+            config.broker.connect_timeout,
+            format!("causeway {} dead-letter operation", config.service),
+        )),
         metrics: metrics.clone(),
         schemas,
     };

@@ -262,6 +262,14 @@ fn registry_problem(error: RegistryError) -> Problem {
             "Subscription defined in the config file",
             format!("subscription {name} is defined in the config file; change it there"),
         ),
+        RegistryError::NotInPlace { name, field } => Problem::new(
+            StatusCode::CONFLICT,
+            "subscription-change-not-in-place",
+            "The change cannot be made in place",
+            format!(
+                "{field} cannot change on the existing subscription {name}: its queue was declared with the old value and the broker cannot change that in place. Nothing was changed. To switch, create a subscription under a new name with the new value, let the old one drain (its queue depth reaches 0), then delete the old one and its queues"
+            ),
+        ),
         RegistryError::Store(error) => {
             error!(%error, "subscription store failed");
             Problem::internal()

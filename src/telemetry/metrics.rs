@@ -41,6 +41,15 @@ struct SubscriptionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    subscription: String,
+    state: &'static str,
+}
+
+/// The states a subscription's consumer can be in, as `causeway_subscription_state` names them.
+pub const SUBSCRIPTION_STATES: [&str; 3] = ["starting", "consuming", "failed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -96,6 +105,7 @@ pub struct Metrics {
     end_to_end_seconds: Histograms<SubscriptionLabels>,
     queue_depth: Family<SubscriptionLabels, Gauge>,
     dead_letter_depth: Family<SubscriptionLabels, Gauge>,
+    subscription_state: Family<StateLabels, Gauge>,
     in_flight: Family<KindLabels, Gauge>,
     broker_connected: Family<ConnectionLabels, Gauge>,
     unrouted: Gauge,
@@ -124,6 +134,7 @@ impl Default for Metrics {
             Family::new_with_constructor(end_to_end);
         let queue_depth = Family::<SubscriptionLabels, Gauge>::default();
         let dead_letter_depth = Family::<SubscriptionLabels, Gauge>::default();
+        let subscription_state = Family::<StateLabels, Gauge>::default();
         let in_flight = Family::<KindLabels, Gauge>::default();
         let broker_connected = Family::<ConnectionLabels, Gauge>::default();
         let unrouted = Gauge::default();
@@ -163,6 +174,11 @@ impl Default for Metrics {
             dead_letter_depth.clone(),
         );
         registry.register(
+            "causeway_subscription_state",
+            "1 for the state each subscription's consumer is in (starting, consuming, failed), 0 for the others",
+            subscription_state.clone(),
+        );
+        registry.register(
             "causeway_in_flight",
             "Publishes under way (waiting for an in-flight slot or a confirm), and deliveries under way",
             in_flight.clone(),
@@ -192,6 +208,7 @@ impl Default for Metrics {
             end_to_end_seconds,
             queue_depth,
             dead_letter_depth,
+            subscription_state,
             in_flight,
             broker_connected,
             unrouted,
@@ -271,6 +288,28 @@ impl Metrics {
         };
         self.queue_depth.remove(&labels);
         self.dead_letter_depth.remove(&labels);
+    }
+
+    /// Sets the state of a subscription's consumer: 1 for `state`, 0 for the others.
+    pub fn subscription_state(&self, subscription: &str, state: &'static str) {
+        for name in SUBSCRIPTION_STATES {
+            self.subscription_state
+                .get_or_create(&StateLabels {
+                    subscription: subscription.to_owned(),
+                    state: name,
+                })
+                .set(i64::from(name == state));
+        }
+    }
+
+    /// Drops the state gauges of a subscription that is no longer wanted.
+    pub fn forget_subscription_state(&self, subscription: &str) {
+        for state in SUBSCRIPTION_STATES {
+            self.subscription_state.remove(&StateLabels {
+                subscription: subscription.to_owned(),
+                state,
+            });
+        }
     }
 
     /// A guard counting one publish (or delivery) in flight while it lives.
