@@ -207,6 +207,7 @@ async fn upgrade_classic(connection: &Connection, queues: &Queues) -> Result<u64
     let channel = confirming_channel(connection).await?;
     declare_queue(&channel, &holding, quorum()).await?;
     let moved = move_all(&channel, &queues.dlq, &holding).await?;
+    // The classic queue: `if_empty`, in case an older replica dead-lettered meanwhile.
     let delete = QueueDeleteOptions {
         if_empty: true,
         ..QueueDeleteOptions::default()
@@ -226,11 +227,11 @@ async fn finish_upgrade(
 ) -> Result<(), UpgradeError> {
     let channel = confirming_channel(connection).await?;
     let moved = move_all(&channel, holding, dlq).await?;
-    let delete = QueueDeleteOptions {
-        if_empty: true,
-        ..QueueDeleteOptions::default()
-    };
-    channel.queue_delete(name(holding), delete).await?;
+    // Only this move, under the lock, puts messages there, and it has just emptied it.
+    // (Quorum queues do not take `if_empty`: the broker closes the connection for it.)
+    channel
+        .queue_delete(name(holding), QueueDeleteOptions::default())
+        .await?;
     let _ = channel.close(200, "done".into()).await;
     if moved > 0 {
         warn!(queue = %dlq, moved, "finished moving dead letters into the quorum dead-letter queue");
