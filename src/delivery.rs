@@ -10,6 +10,7 @@ mod app;
 mod dead_letters;
 mod handler;
 pub mod outcome;
+mod record;
 mod supervisor;
 pub mod topology;
 

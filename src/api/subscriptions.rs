@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{
     ApiState,
@@ -262,6 +262,13 @@ fn registry_problem(error: RegistryError) -> Problem {
             "Subscription defined in the config file",
             format!("subscription {name} is defined in the config file; change it there"),
         ),
+        RegistryError::Store(error) if error.is_unavailable() => {
+            warn!(%error, "subscription store unavailable");
+            Problem::unavailable(
+                "the subscription store is unavailable; nothing was changed, retry later",
+                1,
+            )
+        }
         RegistryError::Store(error) => {
             error!(%error, "subscription store failed");
             Problem::internal()
