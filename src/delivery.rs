@@ -12,6 +12,7 @@ mod dead_letters;
 mod handler;
 pub mod outcome;
 mod state;
+mod record;
 mod supervisor;
 pub mod topology;
 

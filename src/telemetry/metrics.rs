@@ -59,6 +59,11 @@ struct ConnectionLabels {
     connection: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// How a delivery attempt ended, for `causeway_deliveries_total`.
@@ -109,6 +114,8 @@ pub struct Metrics {
     in_flight: Family<KindLabels, Gauge>,
     broker_connected: Family<ConnectionLabels, Gauge>,
     unrouted: Gauge,
+    store_errors: Family<StoreLabels, Counter>,
+    store_up: Family<StoreLabels, Gauge>,
     event_types: Mutex<HashSet<String>>,
 }
 
@@ -138,6 +145,8 @@ impl Default for Metrics {
         let in_flight = Family::<KindLabels, Gauge>::default();
         let broker_connected = Family::<ConnectionLabels, Gauge>::default();
         let unrouted = Gauge::default();
+        let store_errors = Family::<StoreLabels, Counter>::default();
+        let store_up = Family::<StoreLabels, Gauge>::default();
         registry.register(
             "causeway_publishes",
             "Publish requests by event type and outcome (accepted, rejected, unavailable, timeout, error)",
@@ -193,6 +202,16 @@ impl Default for Metrics {
             "Events waiting in the unrouted queue: published with no subscription bound",
             unrouted.clone(),
         );
+        registry.register(
+            "causeway_store_errors",
+            "Store operations that failed, by store (embedded, redis)",
+            store_errors.clone(),
+        );
+        registry.register(
+            "causeway_store_up",
+            "1 while the store (embedded, redis) works, 0 while it fails",
+            store_up.clone(),
+        );
         // Both connections start down, so that a sidecar that never connects is visible.
         for connection in ["publish", "consume"] {
             broker_connected
@@ -212,6 +231,8 @@ impl Default for Metrics {
             in_flight,
             broker_connected,
             unrouted,
+            store_errors,
+            store_up,
             event_types: Mutex::default(),
         }
     }
@@ -333,6 +354,22 @@ impl Metrics {
     /// Sets the unrouted queue's depth.
     pub fn unrouted(&self, depth: u64) {
         self.unrouted.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a store operation that failed; `store` is `embedded` or `redis`.
+    pub fn store_error(&self, store: &'static str) {
+        self.store_errors
+            .get_or_create(&StoreLabels { store })
+            .inc();
+    }
+
+    /// Sets whether a store (`embedded` or `redis`) works; its error counter shows from then
+    /// on, at 0 until the first error.
+    pub fn store_up(&self, store: &'static str, up: bool) {
+        let _ = self.store_errors.get_or_create(&StoreLabels { store });
+        self.store_up
+            .get_or_create(&StoreLabels { store })
+            .set(i64::from(up));
     }
 
     fn event_type_label(&self, event_type: &str) -> String {

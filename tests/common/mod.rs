@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod proxy;
+pub mod stream;
 
 use std::{
     collections::HashMap,
