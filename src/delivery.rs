@@ -11,8 +11,8 @@ mod consumer;
 mod dead_letters;
 mod handler;
 pub mod outcome;
-mod state;
 mod record;
+mod state;
 mod supervisor;
 pub mod topology;
 

@@ -112,17 +112,22 @@ impl DeadLetters {
         limit: u32,
     ) -> Result<(Vec<DeadLetter>, u32), DeadLetterError> {
         self.exclusive(&queues.dlq, |channel, depth| async move {
-            let Some(total) = depth else {
+            let Some(depth) = depth else {
                 return Ok((Vec::new(), 0));
             };
             let keep = usize::try_from(limit).unwrap_or(usize::MAX);
             let mut oldest: Vec<(Option<String>, u32, DeadLetter)> = Vec::new();
             let mut last_tag = None;
-            for position in 0..total.min(SCAN_LIMIT) {
+            let mut read = 0;
+            // Until the queue is empty, not up to the depth read before: a quorum queue
+            // may count messages just returned by the previous operation a moment late,
+            // though a read already finds them.
+            for position in 0..SCAN_LIMIT {
                 let Some(message) = get(&channel, &queues.dlq).await? else {
                     break;
                 };
                 last_tag = Some(message.delivery.delivery_tag);
+                read += 1;
                 let letter = describe(&message.delivery.properties, &message.delivery.data);
                 oldest.push((letter.dead_lettered_at.clone(), position, letter));
                 if oldest.len() >= keep.saturating_mul(2).max(64) {
@@ -135,6 +140,11 @@ impl DeadLetters {
             }
             oldest.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
             oldest.truncate(keep);
+            let total = if read < SCAN_LIMIT {
+                read
+            } else {
+                depth.max(read)
+            };
             Ok((oldest.into_iter().map(|(_, _, l)| l).collect(), total))
         })
         .await
@@ -150,12 +160,12 @@ impl DeadLetters {
         self.exclusive(&queues.dlq, |channel, depth| async move {
             let mut replayed = Replayed::default();
             let mut found = HashSet::new();
-            if let Some(total) = depth {
+            if depth.is_some() {
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
                 let mut kept = None;
-                for _ in 0..total.min(SCAN_LIMIT) {
+                for _ in 0..SCAN_LIMIT {
                     let Some(message) = get(&channel, &queues.dlq).await? else {
                         break;
                     };
