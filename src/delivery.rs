@@ -7,8 +7,10 @@
 //! what ended in a dead-letter queue.
 
 mod app;
+mod claim;
 mod consumer;
 mod dead_letters;
+mod fate;
 mod handler;
 pub mod outcome;
 mod record;

@@ -54,6 +54,24 @@ pub enum Invalid {
 }
 
 impl Invalid {
+    /// The mismatch in one line: what is wrong and the first few failures with their
+    /// paths (for a dead letter's `x-causeway-last-error`).
+    pub fn summary(&self) -> String {
+        let failures: Vec<String> = self
+            .violations()
+            .iter()
+            .take(5)
+            .map(|v| {
+                if v.instance_path.is_empty() {
+                    v.message.clone()
+                } else {
+                    format!("{}: {}", v.instance_path, v.message)
+                }
+            })
+            .collect();
+        format!("{self}: {}", failures.join("; "))
+    }
+
     /// The individual failures, for a problem's `errors`.
     pub fn violations(&self) -> Vec<Violation> {
         match self {

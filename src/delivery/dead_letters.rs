@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::time::{Instant, timeout};
 
 use super::{
-    handler::copy_properties,
+    fate::copy_properties,
     topology::{Queues, lock_across_replicas},
 };
 use crate::{

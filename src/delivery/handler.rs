@@ -7,27 +7,23 @@ use std::{
 };
 
 use bytes::Bytes;
-use lapin::{
-    BasicProperties, Channel,
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
-    types::{AMQPValue, FieldTable, ShortString},
-};
+use lapin::{Channel, message::Delivery};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
     app::AppClient,
-    outcome::{AppAnswer, Disposition, Reason, disposition, wait_tier},
+    claim::ClaimGuard,
+    fate::Fate,
+    outcome::{AppAnswer, Disposition, Reason, disposition},
     record::{Recorded, record_done},
     topology::Queues,
 };
 use crate::{
-    amqp::{self, int_header},
-    broker::{PublishError, publish_confirmed},
-    envelope::{Envelope, now_rfc3339},
-    schema::{Invalid, SchemaRegistry},
+    amqp::int_header,
+    envelope::Envelope,
+    schema::SchemaRegistry,
     store::{Claim, DedupStore, EmbeddedStore, StoreError},
     subscription::Subscription,
     telemetry::{
@@ -56,10 +52,6 @@ macro_rules! event_log {
 const DEFER: Duration = Duration::from_secs(1);
 /// How long a delivery waits before trying an app that was not listening again.
 const APP_WAIT: Duration = Duration::from_millis(500);
-/// How long moving a message to a wait or dead-letter queue may take.
-const REPUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest `x-causeway-last-error` kept.
-const MAX_ERROR_LEN: usize = 1000;
 
 /// What every delivery of one subscription shares.
 pub(crate) struct Context {
@@ -73,23 +65,6 @@ pub(crate) struct Context {
     pub(crate) republish: Channel,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) schemas: Arc<SchemaRegistry>,
-}
-
-/// Where a message goes when it leaves the main queue without being done.
-enum Move<'a> {
-    /// To a wait queue, to come back after `delay`.
-    Wait {
-        delay: Duration,
-        attempts: u32,
-        last: Option<&'a AppAnswer>,
-    },
-    /// To the dead-letter queue.
-    DeadLetter {
-        reason: Reason,
-        attempts: u32,
-        last_status: Option<u16>,
-        last_error: String,
-    },
 }
 
 impl Context {
@@ -140,13 +115,13 @@ impl Context {
                 span.record("causeway.outcome", "dead_lettered");
                 // The parser's message may quote the body: keep it out of exported spans.
                 span.fail("not a valid envelope");
-                let dead = Move::DeadLetter {
+                let dead = Fate::DeadLetter {
                     reason: Reason::Undecodable,
                     attempts: attempt.saturating_sub(1),
                     last_status: None,
                     last_error,
                 };
-                return self.move_then_ack(&delivery, dead).await;
+                return self.settle(&delivery, dead).await;
             }
         };
         span.record("messaging.message.id", envelope.event_id.to_string());
@@ -170,23 +145,23 @@ impl Context {
                 &envelope.payload,
             );
             if let Err(invalid) = checked {
-                let last_error = describe_invalid(&invalid);
+                let last_error = invalid.summary();
                 // Validation messages may quote payload values: keep them out of spans.
                 Span::current().fail("the payload does not match its schema");
                 self.dead_lettered(&envelope, Reason::Schema, attempt - 1);
-                let dead = Move::DeadLetter {
+                let dead = Fate::DeadLetter {
                     reason: Reason::Schema,
                     attempts: attempt - 1,
                     last_status: None,
                     last_error,
                 };
-                return self.move_then_ack(&delivery, dead).await;
+                return self.settle(&delivery, dead).await;
             }
         }
         if attempt > spec.max_attempts {
             // Returned to the queue more often than it may be tried (the sidecar died
             // during its deliveries): give up on it instead of trying forever.
-            let dead = Move::DeadLetter {
+            let dead = Fate::DeadLetter {
                 reason: Reason::MaxAttempts,
                 attempts: attempt - 1,
                 last_status: None,
@@ -194,7 +169,7 @@ impl Context {
             };
             Span::current().fail("returned to the queue unacknowledged too often");
             self.dead_lettered(&envelope, Reason::MaxAttempts, attempt - 1);
-            return self.move_then_ack(&delivery, dead).await;
+            return self.settle(&delivery, dead).await;
         }
         let key = format!("{}/{}", self.subscription.name, envelope.event_id);
         let lease = self.subscription.timeout() + Duration::from_secs(30);
@@ -205,14 +180,17 @@ impl Context {
             while matches!(claim, Ok(Claim::Busy) | Err(_)) {
                 tokio::select! {
                     _ = tokio::time::sleep(DEFER) => {}
-                    _ = stop.cancelled() => return requeue(&delivery).await,
+                    _ = stop.cancelled() => return self.settle(&delivery, Fate::Requeue).await,
                 }
                 claim = self.dedup.claim(&key, lease).await;
             }
         }
-        if !self.claimed(claim, &delivery, &envelope, attempt).await {
+        let Some(claim) = self
+            .claimed(claim, key, &delivery, &envelope, attempt)
+            .await
+        else {
             return;
-        }
+        };
         if let Err(error) = self
             .store
             .remember_correlation(
@@ -224,44 +202,46 @@ impl Context {
         {
             warn!(%error, event_id = %envelope.event_id, "cannot remember the correlation id");
         }
-        self.attempts(&delivery, &envelope, &key, lease, attempt, stop)
+        self.attempts(&delivery, &envelope, claim, lease, attempt, stop)
             .await;
     }
 
-    /// Acts on the dedup claim; `true` when the delivery is ours to make.
+    /// Acts on the dedup claim of `key`; the guard of the claim when the delivery is ours
+    /// to make.
     async fn claimed(
         &self,
         claim: Result<Claim, StoreError>,
+        key: String,
         delivery: &Delivery,
         envelope: &Envelope,
         attempt: u32,
-    ) -> bool {
-        let wait = Move::Wait {
+    ) -> Option<ClaimGuard> {
+        let wait = Fate::Wait {
             delay: DEFER,
             attempts: attempt - 1,
             last: None,
         };
         match claim {
-            Ok(Claim::Acquired) => return true,
+            Ok(Claim::Acquired) => return Some(ClaimGuard::new(self.dedup.clone(), key)),
             Ok(Claim::Done) => {
                 self.metrics
                     .delivery(&self.subscription.name, DeliveryOutcome::Duplicate);
                 Span::current().record("causeway.outcome", "duplicate");
                 event_log!(info, self, envelope, "duplicate_event_skipped");
-                ack(delivery).await;
+                self.settle(delivery, Fate::Ack).await;
             }
             Ok(Claim::Busy) => {
                 debug!(event_id = %envelope.event_id, "a copy of this event is in flight; this one waits");
                 Span::current().record("causeway.outcome", "deferred");
-                self.move_then_ack(delivery, wait).await;
+                self.settle(delivery, wait).await;
             }
             Err(error) => {
                 debug!(%error, event_id = %envelope.event_id, "dedup store failed; the event waits");
                 Span::current().record("causeway.outcome", "deferred");
-                self.move_then_ack(delivery, wait).await;
+                self.settle(delivery, wait).await;
             }
         }
-        false
+        None
     }
 
     /// POSTs to the app, then acks, retries or dead-letters by its answer. Ordered
@@ -270,7 +250,7 @@ impl Context {
         &self,
         delivery: &Delivery,
         envelope: &Envelope,
-        key: &str,
+        mut claim: ClaimGuard,
         lease: Duration,
         mut attempt: u32,
         stop: &CancellationToken,
@@ -305,7 +285,10 @@ impl Context {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(APP_WAIT) => continue,
-                    _ = stop.cancelled() => return requeue(delivery).await,
+                    _ = stop.cancelled() => {
+                        claim.release().await;
+                        return self.settle(delivery, Fate::Requeue).await;
+                    }
                 }
             }
             match disposition(&answer, attempt, spec) {
@@ -325,12 +308,13 @@ impl Context {
                         "event delivered"
                     );
                     // Acked only with its record; at shutdown, requeued without it.
-                    let recorded = record_done(&*self.dedup, key, self.retention, stop).await;
+                    let recorded = record_done(&mut claim, self.retention, stop).await;
                     if let Recorded::GaveUp(error) = recorded {
                         event_log!(warn, self, envelope, %error, "the delivery could not be recorded before shutdown; the event goes back to its queue and may reach the app again");
-                        return requeue(delivery).await;
+                        claim.release().await;
+                        return self.settle(delivery, Fate::Requeue).await;
                     }
-                    ack(delivery).await;
+                    self.settle(delivery, Fate::Ack).await;
                     if let Ok(occurred) = humantime::parse_rfc3339(&envelope.occurred_at) {
                         let age = SystemTime::now()
                             .duration_since(occurred)
@@ -342,7 +326,7 @@ impl Context {
                 Disposition::Retry { delay } => {
                     self.metrics
                         .delivery(&self.subscription.name, DeliveryOutcome::Retry);
-                    let _ = self.dedup.release(key).await;
+                    claim.release().await;
                     span.record("causeway.outcome", "retry");
                     span.fail(&answer.describe());
                     event_log!(
@@ -355,36 +339,38 @@ impl Context {
                         "delivery failed; will retry"
                     );
                     if !spec.ordered {
-                        let wait = Move::Wait {
+                        let wait = Fate::Wait {
                             delay,
                             attempts: attempt,
                             last: Some(&answer),
                         };
-                        return self.move_then_ack(delivery, wait).await;
+                        return self.settle(delivery, wait).await;
                     }
                     // Ordered: the message keeps its place at the head of the queue, so the
                     // wait happens here; a crash returns it to the broker unharmed.
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = stop.cancelled() => return requeue(delivery).await,
+                        _ = stop.cancelled() => return self.settle(delivery, Fate::Requeue).await,
                     }
                     attempt += 1;
                     span.record("causeway.delivery.attempt", attempt);
-                    if !matches!(self.dedup.claim(key, lease).await, Ok(Claim::Acquired)) {
-                        return requeue(delivery).await;
-                    }
+                    let key = format!("{}/{}", self.subscription.name, envelope.event_id);
+                    claim = match self.dedup.claim(&key, lease).await {
+                        Ok(Claim::Acquired) => ClaimGuard::new(self.dedup.clone(), key),
+                        _ => return self.settle(delivery, Fate::Requeue).await,
+                    };
                 }
                 Disposition::DeadLetter(reason) => {
-                    let _ = self.dedup.release(key).await;
+                    claim.release().await;
                     span.fail(&answer.describe());
                     self.dead_lettered(envelope, reason, attempt);
-                    let dead = Move::DeadLetter {
+                    let dead = Fate::DeadLetter {
                         reason,
                         attempts: attempt,
                         last_status: answer.status(),
                         last_error: answer.describe(),
                     };
-                    return self.move_then_ack(delivery, dead).await;
+                    return self.settle(delivery, dead).await;
                 }
             }
         }
@@ -402,160 +388,4 @@ impl Context {
             "event dead-lettered"
         );
     }
-
-    /// Publishes a copy where it belongs, confirmed, then acks the original. When the copy
-    /// cannot be published, the original goes back to the queue instead: never both lost.
-    async fn move_then_ack(&self, delivery: &Delivery, target: Move<'_>) {
-        let (queue, properties) = match target {
-            Move::Wait {
-                delay,
-                attempts,
-                last,
-            } => {
-                let tier = wait_tier(&self.subscription.spec, attempts.max(1));
-                let properties = copy_properties(&delivery.properties, |headers| {
-                    headers.insert(
-                        "x-causeway-attempts".into(),
-                        AMQPValue::LongLongInt(attempts.into()),
-                    );
-                    if let Some(last) = last {
-                        if let Some(status) = last.status() {
-                            headers.insert(
-                                "x-causeway-last-status".into(),
-                                AMQPValue::LongInt(status.into()),
-                            );
-                        }
-                        headers.insert("x-causeway-last-error".into(), text(&last.describe()));
-                    }
-                })
-                .with_expiration(ShortString::from(delay.as_millis().to_string()));
-                (self.queues.wait(tier), properties)
-            }
-            Move::DeadLetter {
-                reason,
-                attempts,
-                last_status,
-                last_error,
-            } => {
-                self.metrics
-                    .delivery(&self.subscription.name, DeliveryOutcome::DeadLettered);
-                let properties = copy_properties(&delivery.properties, |headers| {
-                    headers.insert("x-causeway-reason".into(), text(reason.as_str()));
-                    if let Some(status) = last_status {
-                        headers.insert(
-                            "x-causeway-last-status".into(),
-                            AMQPValue::LongInt(status.into()),
-                        );
-                    }
-                    headers.insert("x-causeway-last-error".into(), text(&last_error));
-                    headers.insert(
-                        "x-causeway-attempts".into(),
-                        AMQPValue::LongLongInt(attempts.into()),
-                    );
-                    headers.insert("x-causeway-dead-lettered-at".into(), text(&now_rfc3339()));
-                    headers.insert(
-                        "x-causeway-subscription".into(),
-                        text(&self.subscription.name),
-                    );
-                });
-                (self.queues.dlq.as_str(), properties)
-            }
-        };
-        match self.send_to_queue(queue, &delivery.data, properties).await {
-            Ok(()) => ack(delivery).await,
-            Err(error) => {
-                warn!(%error, queue, "cannot move the message; it goes back to its queue");
-                requeue(delivery).await;
-            }
-        }
-    }
-
-    async fn send_to_queue(
-        &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), PublishError> {
-        let routing_key = ShortString::try_new(queue)
-            .map_err(|_| PublishError::Returned("queue name too long".into()))?;
-        let deadline = Instant::now() + REPUBLISH_TIMEOUT;
-        publish_confirmed(
-            &self.republish,
-            ShortString::from(""),
-            routing_key,
-            body,
-            properties,
-            deadline,
-        )
-        .await
-    }
-}
-
-/// A schema mismatch in one line: the first few failures with their paths.
-fn describe_invalid(invalid: &Invalid) -> String {
-    let failures: Vec<String> = invalid
-        .violations()
-        .iter()
-        .take(5)
-        .map(|v| {
-            if v.instance_path.is_empty() {
-                v.message.clone()
-            } else {
-                format!("{}: {}", v.instance_path, v.message)
-            }
-        })
-        .collect();
-    format!("{invalid}: {}", failures.join("; "))
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-        // The channel is gone; the broker redelivers and dedup catches the copy.
-        debug!(%error, "ack failed");
-    }
-}
-
-async fn requeue(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if let Err(error) = delivery.acker.nack(options).await {
-        debug!(%error, "requeue failed");
-    }
-}
-
-/// Headers the broker or causeway set per hop; never copied to a new message.
-fn is_hop_header(name: &str) -> bool {
-    name == "x-death"
-        || name == "x-delivery-count"
-        || name.starts_with("x-first-death")
-        || name.starts_with("x-last-death")
-        || name.starts_with("x-causeway-")
-}
-
-/// The original properties with hop headers dropped and `set` applied; persistent.
-pub(crate) fn copy_properties(
-    original: &BasicProperties,
-    set: impl FnOnce(&mut FieldTable),
-) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if let Some(old) = original.headers() {
-        for (name, value) in old.inner() {
-            if !is_hop_header(name.as_str()) {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
-    }
-    set(&mut headers);
-    original.clone().with_headers(headers).with_delivery_mode(2)
-}
-
-/// A text header value, cut to `MAX_ERROR_LEN` characters.
-fn text(value: &str) -> AMQPValue {
-    let value = match value.char_indices().nth(MAX_ERROR_LEN) {
-        Some((cut, _)) => &value[..cut],
-        None => value,
-    };
-    amqp::text(value)
 }

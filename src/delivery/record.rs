@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::store::{DedupStore, StoreError};
+use super::claim::ClaimGuard;
+use crate::store::StoreError;
 
 /// The first wait before recording again while the store fails; it doubles up to
 /// `RETRY_MAX`.
@@ -27,18 +28,17 @@ pub(super) enum Recorded {
 /// is counted and the store's state logged by its health, not here) until it works or
 /// `stop` is cancelled. The message stays unacknowledged meanwhile.
 pub(super) async fn record_done(
-    dedup: &dyn DedupStore,
-    key: &str,
+    claim: &mut ClaimGuard,
     retention: Duration,
     stop: &CancellationToken,
 ) -> Recorded {
     let mut delay = RETRY_FIRST;
     loop {
-        let error = match dedup.complete(key, retention).await {
+        let error = match claim.complete(retention).await {
             Ok(()) => return Recorded::Stored,
             Err(error) => error,
         };
-        debug!(%error, key, retry_ms = delay.as_millis() as u64, "cannot record the delivery yet; the message stays unacknowledged");
+        debug!(%error, key = claim.key(), retry_ms = delay.as_millis() as u64, "cannot record the delivery yet; the message stays unacknowledged");
         tokio::select! {
             biased;
             _ = stop.cancelled() => return Recorded::GaveUp(error),
@@ -60,7 +60,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::store::{BoxFuture, Claim};
+    use crate::store::{BoxFuture, Claim, DedupStore};
 
     /// A store whose `complete` fails the first `failures` times.
     struct Flaky {
@@ -111,9 +111,9 @@ mod tests {
     async fn retries_with_backoff_until_the_record_is_stored() {
         let store = flaky(5);
         let started = tokio::time::Instant::now();
+        let mut claim = ClaimGuard::new(store.clone(), "sub/e1".into());
         let recorded = record_done(
-            &*store,
-            "sub/e1",
+            &mut claim,
             Duration::from_secs(60),
             &CancellationToken::new(),
         )
@@ -133,7 +133,8 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             stopper.cancel();
         });
-        let recorded = record_done(&*store, "sub/e1", Duration::from_secs(60), &stop).await;
+        let mut claim = ClaimGuard::new(store.clone(), "sub/e1".into());
+        let recorded = record_done(&mut claim, Duration::from_secs(60), &stop).await;
         assert!(
             matches!(recorded, Recorded::GaveUp(ref e) if e.is_unavailable()),
             "{recorded:?}"
