@@ -9,7 +9,7 @@
 //! - [`envelope`]: the wire type, its AMQP properties and routing key; no I/O.
 //! - [`broker`]: the connection with reconnects, topology, and confirmed publishing.
 //! - [`store`]: durable records (idempotency keys) in an embedded crash-safe file.
-//! - [`health`]: the draining flag shared by handlers and probes.
+//! - [`health`]: the draining flag and each store's state, shared by handlers and probes.
 //! - [`shutdown`]: signal handling.
 //! - [`telemetry`]: log setup.
 

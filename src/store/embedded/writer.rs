@@ -2,7 +2,8 @@
 //! file and opens it again, with backoff, until the disk takes writes again.
 
 use std::{
-    path::PathBuf,
+    io::{self, Write},
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,6 +23,11 @@ const REOPEN_FIRST: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(2);
 /// How often writes that arrive while the store is being reopened are failed.
 const POLL: Duration = Duration::from_millis(10);
+/// Free space the disk must have before the file is opened again. Opening alone writes
+/// little (redb rewrites its header in place), so it works on a disk that is still full and
+/// the next commit would fail again: a probe file of this size, written, synced and
+/// removed, tells that there is room again.
+const ROOM: usize = 1024 * 1024;
 
 /// Starts the writer thread over `db`, the database in `shared`'s slot, opened from `path`.
 pub(super) fn start(
@@ -117,7 +123,10 @@ impl Writer {
         loop {
             self.fail_queued_for(delay, &reason)?;
             let started = Instant::now();
-            match open_database(&self.path) {
+            let opened = has_room(&self.path)
+                .map_err(|e| StoreError::Embedded(format!("no room on the disk yet: {e}")))
+                .and_then(|()| open_database(&self.path));
+            match opened {
                 Ok(db) => {
                     let db = Arc::new(db);
                     *lock(&self.shared.slot) = Slot::Open(db.clone());
@@ -174,6 +183,22 @@ impl Writer {
     }
 }
 
+/// Whether the disk that holds `path` takes [`ROOM`] bytes more: writes them into a probe
+/// file beside it, syncs, and removes it.
+fn has_room(path: &Path) -> io::Result<()> {
+    let probe = path.with_extension("probe");
+    let written = (|| {
+        let mut file = std::fs::File::create(&probe)?;
+        let chunk = vec![0u8; 64 * 1024];
+        for _ in 0..ROOM / chunk.len() {
+            file.write_all(&chunk)?;
+        }
+        file.sync_all()
+    })();
+    let removed = std::fs::remove_file(&probe);
+    written.and(removed)
+}
+
 /// The wait after `delay` before the next try to open the file.
 fn next_delay(delay: Duration) -> Duration {
     delay.saturating_mul(2).min(REOPEN_MAX)
@@ -196,6 +221,17 @@ fn commit(db: &Database, jobs: Vec<Job>, durable: bool) -> Result<(), redb::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_room_probe_leaves_nothing_behind() {
+        let dir = std::env::temp_dir().join(format!("causeway-room-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("causeway.redb");
+        has_room(&path).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert!(has_room(&dir.join("missing").join("causeway.redb")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn reopen_waits_double_up_to_two_seconds() {
