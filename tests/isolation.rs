@@ -32,21 +32,19 @@ fn quorum_args(single_active: bool) -> FieldTable {
     args
 }
 
-/// Whether `queue` is a quorum queue: a non-passive declare with quorum arguments is
-/// refused (and closes its channel) for a queue of another type.
-async fn is_quorum(broker: &Broker, queue: &str) -> bool {
-    let channel = broker.connection.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum_args(false),
-        )
-        .await;
-    declared.is_ok()
+/// The type of `queue` (classic, quorum, stream), from the management API.
+async fn queue_type(queue: &str) -> String {
+    let url = format!("http://127.0.0.1:15672/api/queues/%2f/{queue}");
+    let info: Value = common::http_client()
+        .get(url)
+        .basic_auth("guest", Some("guest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["type"].as_str().unwrap_or_default().to_owned()
 }
 
 fn log_count(sidecar: &Sidecar, message: &str) -> usize {
@@ -245,10 +243,7 @@ async fn a_classic_dead_letter_queue_of_an_earlier_version_becomes_a_quorum_queu
     let sidecar = settings.start();
     sidecar.wait_ready().await;
 
-    assert!(
-        is_quorum(&broker, &dlq).await,
-        "{dlq} is not a quorum queue"
-    );
+    assert_eq!(queue_type(&dlq).await, "quorum");
     let listed = sidecar.dead_letters("old").await;
     let listed_ids: Vec<&str> = listed["dead_letters"]
         .as_array()

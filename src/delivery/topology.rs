@@ -84,7 +84,7 @@ pub async fn declare(
         main_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
     declare_queue(channel, &queues.main, main_args).await?;
-    declare_queue(channel, &queues.dlq, quorum()).await?;
+    declare_queue(channel, &queues.dlq, dead_letter_args()).await?;
     for wait in &queues.waits {
         let mut args = quorum();
         args.insert("x-dead-letter-exchange".into(), text(""));
@@ -140,6 +140,21 @@ async fn declare_queue(channel: &Channel, queue: &str, args: FieldTable) -> lapi
     Ok(())
 }
 
+/// The dead-letter queue's arguments: a quorum queue whose messages are never dropped for
+/// being returned too often. Every listing returns each message once, and RabbitMQ 4 gives
+/// quorum queues a default delivery limit of 20, past which a message would be dropped.
+fn dead_letter_args() -> FieldTable {
+    let mut args = quorum();
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(DEAD_LETTER_DELIVERY_LIMIT),
+    );
+    args
+}
+
+/// Returns a dead letter may take (listings, replays of others): practically unlimited.
+const DEAD_LETTER_DELIVERY_LIMIT: i32 = 1_000_000_000;
+
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("quorum"));
@@ -176,7 +191,7 @@ pub async fn upgrade_dead_letters(
     queues: &Queues,
 ) -> Result<(), UpgradeError> {
     let probe = connection.create_channel().await?;
-    match declare_queue(&probe, &queues.dlq, quorum()).await {
+    match declare_queue(&probe, &queues.dlq, dead_letter_args()).await {
         Ok(()) => {
             let _ = probe.close(200, "declared".into()).await;
             let holding = holding_queue(&queues.dlq);
@@ -213,7 +228,7 @@ async fn upgrade_classic(connection: &Connection, queues: &Queues) -> Result<u64
         ..QueueDeleteOptions::default()
     };
     channel.queue_delete(name(&queues.dlq), delete).await?;
-    declare_queue(&channel, &queues.dlq, quorum()).await?;
+    declare_queue(&channel, &queues.dlq, dead_letter_args()).await?;
     let _ = channel.close(200, "upgraded".into()).await;
     finish_upgrade(connection, &holding, &queues.dlq).await?;
     Ok(moved)
