@@ -318,7 +318,7 @@ impl Sidecar {
         let main = self.queue(name);
         broker.delete_queue(&main).await;
         broker.delete_queue(&format!("{main}.dlq")).await;
-        for tier in 1..=12 {
+        for tier in 1..=WAIT_TIERS {
             broker.delete_queue(&format!("{main}.retry.{tier}")).await;
         }
     }
@@ -482,6 +482,25 @@ impl Broker {
         (declared.message_count(), declared.consumer_count())
     }
 
+    /// How many messages wait in `queue`, not counting those a consumer holds; `None` when
+    /// there is no such queue.
+    pub async fn depth(&self, queue: &str) -> Option<u32> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = channel.close(200, "done".into()).await;
+        Some(declared.message_count())
+    }
+
     pub async fn delete_exchange(&self, name: &str) {
         let _ = self
             .channel
@@ -522,6 +541,90 @@ impl TestQueue {
         }
         all
     }
+}
+
+/// Wait queues a subscription can have; `cleanup_subscription` deletes as many.
+const WAIT_TIERS: u32 = 12;
+
+/// Shows that subscription `name` of `sidecar` has nothing left to POST from earlier events,
+/// so that a test can then count POSTs and treat the count as final. Returns the id of the
+/// marker event it delivered.
+///
+/// It waits until the subscription's wait queues are empty, then publishes a marker event of
+/// `event_type` and waits until `app` received it on `route`. Why that proves the absence of
+/// any later POST of an earlier event, for a subscription that is not ordered, has
+/// `concurrency = 1` (a prefetch of one) and whose app answers 2xx on `route` from now on:
+/// once the wait queues are empty, a copy of an earlier event that could still be POSTed is
+/// in the main queue or is the one message the sidecar holds. The marker is published after
+/// that, so it is behind every such copy; with a prefetch of one the broker hands the marker
+/// to the sidecar only after the message before it was settled, and with a 2xx answer
+/// nothing goes back to a wait queue. So when the marker reaches the app, every earlier copy
+/// has had its last POST.
+pub async fn marker(
+    sidecar: &Sidecar,
+    broker: &Broker,
+    app: &app::TestApp,
+    name: &str,
+    event_type: &str,
+    route: &str,
+) -> String {
+    let event = MarkerEvent {
+        event_type,
+        body: r#"{"marker":true}"#,
+        headers: &[],
+    };
+    marker_event(sidecar, broker, app, name, route, event).await
+}
+
+/// The event `marker_event` publishes.
+pub struct MarkerEvent<'a> {
+    pub event_type: &'a str,
+    pub body: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// `marker` with an event of the test's choosing (one that passes the sidecar's schemas).
+pub async fn marker_event(
+    sidecar: &Sidecar,
+    broker: &Broker,
+    app: &app::TestApp,
+    name: &str,
+    route: &str,
+    event: MarkerEvent<'_>,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let main = sidecar.queue(name);
+    loop {
+        let mut waiting = 0;
+        for tier in 1..=WAIT_TIERS {
+            waiting += broker
+                .depth(&format!("{main}.retry.{tier}"))
+                .await
+                .unwrap_or(0);
+        }
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} messages still wait in the wait queues of {main}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = sidecar
+        .publish(event.event_type, event.body, event.headers)
+        .await;
+    assert_eq!(published.status, 202, "the marker: {published:?}");
+    let marker = published.body["event_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !app.received(route).iter().any(|r| r.event_id() == marker) {
+        assert!(
+            Instant::now() < deadline,
+            "the marker event did not reach {route}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    marker
 }
 
 /// The JSON body of a message.
