@@ -167,8 +167,8 @@ async fn a_subscriber_of_major_1_never_sees_a_2_0_event() {
             .app(&app.url)
             .set("CAUSEWAY_SCHEMAS_DIR", &schemas())
             .config_file(
-                "[[subscriptions]]\nname = \"legacy\"\nevent_type = \"OrderPlaced\"\nversions = [1]\nroute = \"/legacy\"\n\n\
-                 [[subscriptions]]\nname = \"current\"\nevent_type = \"OrderPlaced\"\nversions = [2]\nroute = \"/current\"\n",
+                "[[subscriptions]]\nname = \"legacy\"\nevent_type = \"OrderPlaced\"\nversions = [1]\nroute = \"/legacy\"\nconcurrency = 1\n\n\
+                 [[subscriptions]]\nname = \"current\"\nevent_type = \"OrderPlaced\"\nversions = [2]\nroute = \"/current\"\nconcurrency = 1\n",
             ),
     )
     .await;
@@ -186,14 +186,36 @@ async fn a_subscriber_of_major_1_never_sees_a_2_0_event() {
         .await;
     app.wait_for("/legacy", 1, ARRIVES).await;
     app.wait_for("/current", 1, ARRIVES).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A later event of each major through each subscription: after it, nothing published
+    // before can still reach the app (see `common::marker`).
+    let v1_marker = r#"{"order_id":"o-3","total":1}"#;
+    let v1_event = common::MarkerEvent {
+        event_type: "OrderPlaced",
+        body: v1_marker,
+        headers: &[("X-Schema-Version", "1.0")],
+    };
+    common::marker_event(&sidecar, &broker, &app, "legacy", "/legacy", v1_event).await;
+    let v2_marker = v2("o-4").to_string();
+    let v2_event = common::MarkerEvent {
+        event_type: "OrderPlaced",
+        body: &v2_marker,
+        headers: &[],
+    };
+    common::marker_event(&sidecar, &broker, &app, "current", "/current", v2_event).await;
 
-    let legacy = app.received("/legacy");
-    assert_eq!(legacy.len(), 1);
-    assert_eq!(legacy[0].header("x-schema-version"), Some("1.0"));
-    let current = app.received("/current");
-    assert_eq!(current.len(), 1);
-    assert_eq!(current[0].header("x-schema-version"), Some("2.0"));
+    let orders = |path: &str| -> Vec<(Value, Option<String>)> {
+        app.received(path)
+            .iter()
+            .map(|r| {
+                let version = r.header("x-schema-version").map(str::to_owned);
+                (r.body["payload"]["order_id"].clone(), version)
+            })
+            .collect()
+    };
+    let v1 = |order: &str| (json!(order), Some("1.0".to_owned()));
+    let v2_of = |order: &str| (json!(order), Some("2.0".to_owned()));
+    assert_eq!(orders("/legacy"), [v1("o-2"), v1("o-3")]);
+    assert_eq!(orders("/current"), [v2_of("o-1"), v2_of("o-4")]);
 
     // Who consumes which major, from the broker's bindings.
     let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
