@@ -199,8 +199,7 @@ async fn a_cut_broker_connection_gives_503_and_publishing_resumes_after_it_heals
         .map(|(a, _)| a.body["event_id"].clone())
         .chain([after.body["event_id"].clone()])
         .collect();
-    let delivered: HashSet<Value> = queue
-        .drain(Duration::from_secs(1))
+    let delivered: HashSet<Value> = common::before_marker(&sidecar, &mut queue, "Marker", &[])
         .await
         .iter()
         .map(|d| body(d)["event_id"].clone())
@@ -280,12 +279,14 @@ async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
         "too little traffic to test: {}",
         accepted.len()
     );
-    let delivered: HashSet<Value> = queue
-        .drain(Duration::from_secs(1))
-        .await
-        .iter()
-        .map(|d| body(d)["event_id"].clone())
-        .collect();
+    // Accepted means confirmed, so each is in the queue already; the wait is for the
+    // consumer to get them.
+    let ids = |all: &[lapin::message::Delivery]| -> HashSet<Value> {
+        all.iter().map(|d| body(d)["event_id"].clone()).collect()
+    };
+    let delivered = ids(&queue
+        .until(Duration::from_secs(15), |all| accepted.is_subset(&ids(all)))
+        .await);
     let missing: Vec<_> = accepted.difference(&delivered).collect();
     assert!(
         missing.is_empty(),
@@ -381,8 +382,7 @@ async fn a_confirm_that_does_not_come_is_a_504_and_a_retry_with_the_key_keeps_th
     // The outcome was unknown: the retry with the same key is the same event.
     let retried = sidecar.publish("OrderPlaced", "{}", &keyed).await;
     assert_eq!(retried.status, 202, "{retried:?}");
-    let delivered: Vec<Value> = queue
-        .drain(Duration::from_secs(1))
+    let delivered: Vec<Value> = common::before_marker(&sidecar, &mut queue, "Marker", &[])
         .await
         .iter()
         .map(|d| body(d)["event_id"].clone())

@@ -533,6 +533,29 @@ impl TestQueue {
         Some(delivery)
     }
 
+    /// Every message until `done` holds for the messages received so far; fails when that
+    /// takes longer than `within`.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        done: impl Fn(&[Delivery]) -> bool,
+    ) -> Vec<Delivery> {
+        let deadline = Instant::now() + within;
+        let mut all = Vec::new();
+        while !done(&all) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} messages within {within:?}, not yet the ones expected",
+                all.len()
+            );
+            if let Some(delivery) = self.next(left.min(Duration::from_millis(200))).await {
+                all.push(delivery);
+            }
+        }
+        all
+    }
+
     /// Every message that arrives until none has come for `quiet`.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Delivery> {
         let mut all = Vec::new();
@@ -625,6 +648,33 @@ pub async fn marker_event(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     marker
+}
+
+/// Publishes a marker event of `event_type` with `headers` (which must route it to `queue`)
+/// and returns every message `queue` received before it, the marker left out.
+///
+/// The list is complete, and nothing the sidecar published before the marker can come later:
+/// every earlier publish was answered before the marker was sent, and a confirmed message is
+/// in its queues; and the sidecar publishes on one channel, whose messages a queue keeps in
+/// order, so whatever else it sent before the marker is ahead of the marker too.
+pub async fn before_marker(
+    sidecar: &Sidecar,
+    queue: &mut TestQueue,
+    event_type: &str,
+    headers: &[(&str, &str)],
+) -> Vec<Delivery> {
+    let published = sidecar
+        .publish(event_type, r#"{"marker":true}"#, headers)
+        .await;
+    assert_eq!(published.status, 202, "the marker: {published:?}");
+    let marker = published.body["event_id"].clone();
+    let mut all = queue
+        .until(Duration::from_secs(15), |all| {
+            all.last().is_some_and(|d| body(d)["event_id"] == marker)
+        })
+        .await;
+    all.pop();
+    all
 }
 
 /// The JSON body of a message.
