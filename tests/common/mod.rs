@@ -157,6 +157,7 @@ impl Settings {
             logs,
             settings: self,
             http: http_client(),
+            cleaned: Mutex::default(),
         }
     }
 }
@@ -177,6 +178,16 @@ pub struct Sidecar {
     logs: Arc<Mutex<Vec<String>>>,
     pub settings: Settings,
     pub http: reqwest::Client,
+    /// Queues and exchanges the test deleted, deleted again once the process is gone: a
+    /// running sidecar declares its queues again when they vanish under it.
+    cleaned: Mutex<Vec<Declared>>,
+}
+
+/// Something a sidecar declared on the broker.
+#[derive(Clone)]
+enum Declared {
+    Queue(String),
+    Exchange(String),
 }
 
 /// An HTTP answer, read whole.
@@ -316,11 +327,17 @@ impl Sidecar {
     /// Deletes the queues of subscription `name`.
     pub async fn cleanup_subscription(&self, broker: &Broker, name: &str) {
         let main = self.queue(name);
-        broker.delete_queue(&main).await;
-        broker.delete_queue(&format!("{main}.dlq")).await;
-        for tier in 1..=WAIT_TIERS {
-            broker.delete_queue(&format!("{main}.retry.{tier}")).await;
+        let mut queues = vec![main.clone(), format!("{main}.dlq")];
+        queues.extend((1..=WAIT_TIERS).map(|tier| format!("{main}.retry.{tier}")));
+        for queue in queues {
+            self.delete(broker, Declared::Queue(queue)).await;
         }
+    }
+
+    /// Deletes `declared` now, and again once the process is gone.
+    async fn delete(&self, broker: &Broker, declared: Declared) {
+        broker.delete(&declared).await;
+        self.cleaned.lock().unwrap().push(declared);
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -356,9 +373,12 @@ impl Sidecar {
 
     /// Deletes what this sidecar declared on the broker.
     pub async fn cleanup(&self, broker: &Broker) {
-        broker.delete_exchange(self.exchange()).await;
-        broker.delete_exchange(self.unrouted()).await;
-        broker.delete_queue(self.unrouted()).await;
+        let exchange = Declared::Exchange(self.exchange().to_owned());
+        self.delete(broker, exchange).await;
+        let unrouted = self.unrouted().to_owned();
+        self.delete(broker, Declared::Exchange(unrouted.clone()))
+            .await;
+        self.delete(broker, Declared::Queue(unrouted)).await;
     }
 }
 
@@ -366,6 +386,27 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let cleaned = std::mem::take(&mut *self.cleaned.lock().unwrap());
+        if !cleaned.is_empty() {
+            // Drop cannot await, and a runtime cannot start inside the test's own: a thread
+            // of its own deletes them, within a bound.
+            let deleting = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let deleted = async {
+                        let broker = Broker::connect().await;
+                        for declared in &cleaned {
+                            broker.delete(declared).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), deleted).await;
+                });
+            });
+            let _ = deleting.join();
+        }
         if !self.settings.keep_data {
             let dir = PathBuf::from(self.settings.get("CAUSEWAY_DATA_DIR"));
             let _ = std::fs::remove_dir_all(dir);
@@ -499,6 +540,14 @@ impl Broker {
             .ok()?;
         let _ = channel.close(200, "done".into()).await;
         Some(declared.message_count())
+    }
+
+    /// Deletes a queue or an exchange a sidecar declared.
+    async fn delete(&self, declared: &Declared) {
+        match declared {
+            Declared::Queue(name) => self.delete_queue(name).await,
+            Declared::Exchange(name) => self.delete_exchange(name).await,
+        }
     }
 
     pub async fn delete_exchange(&self, name: &str) {
