@@ -7,6 +7,10 @@ mod common;
 use std::{
     collections::HashSet,
     process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -116,14 +120,16 @@ async fn a_cut_broker_connection_gives_503_and_publishing_resumes_after_it_heals
     let broker = Broker::connect().await;
     let mut queue = broker.bind(sidecar.exchange(), "#").await;
 
-    // Traffic that keeps going through the outage.
+    // Traffic that keeps going through the outage, until the test stops it.
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
     let client = {
         let url = format!("{}/v1/publish/Tick", sidecar.api);
         let http = common::http_client();
+        let (answers, stop) = (answers.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut answers = Vec::new();
-            let end = Instant::now() + Duration::from_secs(6);
-            while Instant::now() < end {
+            let end = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < end {
                 let started = Instant::now();
                 let response = http
                     .post(&url)
@@ -133,24 +139,40 @@ async fn a_cut_broker_connection_gives_503_and_publishing_resumes_after_it_heals
                     .await
                     .unwrap();
                 let answer = common::read(response).await;
-                answers.push((answer, started.elapsed()));
+                answers.lock().unwrap().push((answer, started.elapsed()));
+                // The pace of the traffic.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            answers
         })
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let accepted = || {
+        answers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(a, _): &&(common::Answer, Duration)| a.status == 202)
+            .count()
+    };
+    wait_until("traffic flows before the outage", || accepted() >= 10).await;
     proxy.cut();
     sidecar.wait_ready_status(503, Duration::from_secs(5)).await;
     let during = sidecar.publish("OrderPlaced", "{}", &[]).await;
     assert_eq!(during.status, 503, "{during:?}");
     assert!(during.headers.contains_key("retry-after"));
+    // The outage lasts 2 s.
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.heal();
-    let answers = client.await.unwrap();
     sidecar
         .wait_ready_status(200, Duration::from_secs(30))
         .await;
+    let before_heal = accepted();
+    wait_until("traffic flows again after the outage", || {
+        accepted() > before_heal
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    client.await.unwrap();
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
     let after = sidecar
         .publish("OrderPlaced", r#"{"after":true}"#, &[])
         .await;
@@ -177,8 +199,7 @@ async fn a_cut_broker_connection_gives_503_and_publishing_resumes_after_it_heals
         .map(|(a, _)| a.body["event_id"].clone())
         .chain([after.body["event_id"].clone()])
         .collect();
-    let delivered: HashSet<Value> = queue
-        .drain(Duration::from_secs(1))
+    let delivered: HashSet<Value> = common::before_marker(&sidecar, &mut queue, "Marker", &[])
         .await
         .iter()
         .map(|d| body(d)["event_id"].clone())
@@ -204,10 +225,12 @@ async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
     let url = format!("{}/v1/publish/Tick", sidecar.api);
 
     // Sixteen clients publishing as fast as they can.
+    let count = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..16)
         .map(|_| {
             let url = url.clone();
             let http = common::http_client();
+            let count = count.clone();
             tokio::spawn(async move {
                 let mut accepted = Vec::new();
                 let mut errors = 0;
@@ -222,7 +245,10 @@ async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
                         Ok(response) => {
                             let answer = common::read(response).await;
                             match answer.status {
-                                202 => accepted.push(answer.body["event_id"].clone()),
+                                202 => {
+                                    accepted.push(answer.body["event_id"].clone());
+                                    count.fetch_add(1, Ordering::SeqCst);
+                                }
                                 503 | 504 => errors += 1,
                                 other => panic!("unexpected answer {other}: {answer:?}"),
                             }
@@ -234,7 +260,11 @@ async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Stop it while publishes are in flight, once a good number went through.
+    wait_until("the clients publish", || {
+        count.load(Ordering::SeqCst) >= 100
+    })
+    .await;
     sidecar.terminate();
     let status = sidecar.wait_exit(Duration::from_secs(20)).await;
 
@@ -249,12 +279,14 @@ async fn sigterm_with_publishes_in_flight_loses_no_accepted_event() {
         "too little traffic to test: {}",
         accepted.len()
     );
-    let delivered: HashSet<Value> = queue
-        .drain(Duration::from_secs(1))
-        .await
-        .iter()
-        .map(|d| body(d)["event_id"].clone())
-        .collect();
+    // Accepted means confirmed, so each is in the queue already; the wait is for the
+    // consumer to get them.
+    let ids = |all: &[lapin::message::Delivery]| -> HashSet<Value> {
+        all.iter().map(|d| body(d)["event_id"].clone()).collect()
+    };
+    let delivered = ids(&queue
+        .until(Duration::from_secs(15), |all| accepted.is_subset(&ids(all)))
+        .await);
     let missing: Vec<_> = accepted.difference(&delivered).collect();
     assert!(
         missing.is_empty(),
@@ -292,6 +324,7 @@ async fn consumers_come_back_after_the_broker_connection_is_cut_without_leaking(
         sidecar
             .wait_ready_status(503, Duration::from_secs(10))
             .await;
+        // The outage lasts half a second.
         tokio::time::sleep(Duration::from_millis(500)).await;
         proxy.heal();
         sidecar
@@ -349,8 +382,7 @@ async fn a_confirm_that_does_not_come_is_a_504_and_a_retry_with_the_key_keeps_th
     // The outcome was unknown: the retry with the same key is the same event.
     let retried = sidecar.publish("OrderPlaced", "{}", &keyed).await;
     assert_eq!(retried.status, 202, "{retried:?}");
-    let delivered: Vec<Value> = queue
-        .drain(Duration::from_secs(1))
+    let delivered: Vec<Value> = common::before_marker(&sidecar, &mut queue, "Marker", &[])
         .await
         .iter()
         .map(|d| body(d)["event_id"].clone())
@@ -365,4 +397,13 @@ async fn a_confirm_that_does_not_come_is_a_504_and_a_retry_with_the_key_keeps_th
     assert!(event_ids.contains(&retried.body["event_id"]));
 
     sidecar.cleanup(&broker).await;
+}
+
+/// Waits until `condition` holds, at most 15 s.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

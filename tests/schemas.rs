@@ -106,8 +106,7 @@ async fn publishes_are_checked_against_their_schema_version() {
     );
     assert_eq!(no_schema.body["schema_version"], "1.0");
 
-    let delivered: Vec<String> = queue
-        .drain(Duration::from_secs(1))
+    let delivered: Vec<String> = common::before_marker(&sidecar, &mut queue, "Marker", &[])
         .await
         .iter()
         .map(|d| d.routing_key.to_string())
@@ -167,8 +166,8 @@ async fn a_subscriber_of_major_1_never_sees_a_2_0_event() {
             .app(&app.url)
             .set("CAUSEWAY_SCHEMAS_DIR", &schemas())
             .config_file(
-                "[[subscriptions]]\nname = \"legacy\"\nevent_type = \"OrderPlaced\"\nversions = [1]\nroute = \"/legacy\"\n\n\
-                 [[subscriptions]]\nname = \"current\"\nevent_type = \"OrderPlaced\"\nversions = [2]\nroute = \"/current\"\n",
+                "[[subscriptions]]\nname = \"legacy\"\nevent_type = \"OrderPlaced\"\nversions = [1]\nroute = \"/legacy\"\nconcurrency = 1\n\n\
+                 [[subscriptions]]\nname = \"current\"\nevent_type = \"OrderPlaced\"\nversions = [2]\nroute = \"/current\"\nconcurrency = 1\n",
             ),
     )
     .await;
@@ -186,14 +185,36 @@ async fn a_subscriber_of_major_1_never_sees_a_2_0_event() {
         .await;
     app.wait_for("/legacy", 1, ARRIVES).await;
     app.wait_for("/current", 1, ARRIVES).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A later event of each major through each subscription: after it, nothing published
+    // before can still reach the app (see `common::marker`).
+    let v1_marker = r#"{"order_id":"o-3","total":1}"#;
+    let v1_event = common::MarkerEvent {
+        event_type: "OrderPlaced",
+        body: v1_marker,
+        headers: &[("X-Schema-Version", "1.0")],
+    };
+    common::marker_event(&sidecar, &broker, &app, "legacy", "/legacy", v1_event).await;
+    let v2_marker = v2("o-4").to_string();
+    let v2_event = common::MarkerEvent {
+        event_type: "OrderPlaced",
+        body: &v2_marker,
+        headers: &[],
+    };
+    common::marker_event(&sidecar, &broker, &app, "current", "/current", v2_event).await;
 
-    let legacy = app.received("/legacy");
-    assert_eq!(legacy.len(), 1);
-    assert_eq!(legacy[0].header("x-schema-version"), Some("1.0"));
-    let current = app.received("/current");
-    assert_eq!(current.len(), 1);
-    assert_eq!(current[0].header("x-schema-version"), Some("2.0"));
+    let orders = |path: &str| -> Vec<(Value, Option<String>)> {
+        app.received(path)
+            .iter()
+            .map(|r| {
+                let version = r.header("x-schema-version").map(str::to_owned);
+                (r.body["payload"]["order_id"].clone(), version)
+            })
+            .collect()
+    };
+    let v1 = |order: &str| (json!(order), Some("1.0".to_owned()));
+    let v2_of = |order: &str| (json!(order), Some("2.0".to_owned()));
+    assert_eq!(orders("/legacy"), [v1("o-2"), v1("o-3")]);
+    assert_eq!(orders("/current"), [v2_of("o-1"), v2_of("o-4")]);
 
     // Who consumes which major, from the broker's bindings.
     let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
@@ -398,8 +419,7 @@ async fn a_batch_is_published_in_order_or_not_at_all() {
         assert_eq!(result["schema_version"], "2.0");
         assert_eq!(result["correlation_id"], "batch-1");
     }
-    let order: Vec<Value> = queue
-        .drain(Duration::from_secs(1))
+    let order: Vec<Value> = common::before_marker(&sidecar, &mut queue, "Marker", &[])
         .await
         .iter()
         .map(|d| body(d)["payload"]["order_id"].clone())
@@ -439,7 +459,9 @@ async fn a_batch_is_published_in_order_or_not_at_all() {
         .collect();
     assert_eq!(fields, ["event_type", "schema_version"]);
     assert!(
-        queue.next(Duration::from_millis(500)).await.is_none(),
+        common::before_marker(&sidecar, &mut queue, "Marker", &[])
+            .await
+            .is_empty(),
         "an invalid batch published"
     );
 
@@ -448,7 +470,8 @@ async fn a_batch_is_published_in_order_or_not_at_all() {
         .publish("Shipped", "{}", &[("Idempotency-Key", "k-207")])
         .await;
     assert_eq!(first.status, 202);
-    queue.drain(Duration::from_millis(300)).await;
+    let shipped = common::before_marker(&sidecar, &mut queue, "Marker", &[]).await;
+    assert_eq!(shipped.len(), 1);
     let mixed = vec![
         json!({"event_type": "Invoiced", "payload": {"n": 1}}),
         json!({"event_type": "Invoiced", "payload": {"n": 2}, "idempotency_key": "k-207"}),
@@ -465,7 +488,8 @@ async fn a_batch_is_published_in_order_or_not_at_all() {
         .collect();
     assert_eq!(statuses, ["accepted", "failed", "accepted"]);
     assert!(results[1]["error"].as_str().unwrap().contains("Shipped"));
-    assert_eq!(queue.drain(Duration::from_secs(1)).await.len(), 2);
+    let invoiced = common::before_marker(&sidecar, &mut queue, "Marker", &[]).await;
+    assert_eq!(invoiced.len(), 2);
 
     let not_array = sidecar
         .call("POST", "/v1/publish", Some(json!({"event_type": "A"})))

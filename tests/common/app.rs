@@ -11,7 +11,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::State,
-    http::{HeaderMap, StatusCode, Uri},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri},
 };
 use serde_json::Value;
 
@@ -43,6 +43,8 @@ struct Script {
     next: HashMap<String, VecDeque<u16>>,
     always: HashMap<String, u16>,
     delay: HashMap<String, Duration>,
+    /// Headers added to every answer, per path.
+    headers: HashMap<String, Vec<(String, String)>>,
     /// Publish in reaction: (sidecar API URL, event type) per path.
     react: HashMap<String, (String, String)>,
 }
@@ -105,6 +107,16 @@ impl TestApp {
         script.delay.insert(path.to_string(), delay);
     }
 
+    /// Adds the header `name: value` to every answer on `path` (such as a `Retry-After`).
+    pub fn answer_header(&self, path: &str, name: &str, value: &str) {
+        let mut script = self.shared.script.lock().unwrap();
+        script
+            .headers
+            .entry(path.to_string())
+            .or_default()
+            .push((name.to_string(), value.to_string()));
+    }
+
     /// On each delivery to `path`, publishes `event_type` through the sidecar at `api`, as
     /// an app that reacts to an event does: it echoes the event id in `X-Causation-ID` and
     /// passes the `traceparent` it received, then answers.
@@ -155,7 +167,7 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
     let path = uri.path().to_string();
     let received = Received {
         path: path.clone(),
@@ -167,7 +179,7 @@ async fn record(
         at: Instant::now(),
     };
     shared.received.lock().unwrap().push(received);
-    let (status, delay, react) = {
+    let (status, delay, react, answer_headers) = {
         let mut script = shared.script.lock().unwrap();
         let scripted = script.next.get_mut(&path).and_then(VecDeque::pop_front);
         let status = scripted
@@ -177,8 +189,16 @@ async fn record(
             status,
             script.delay.get(&path).copied(),
             script.react.get(&path).cloned(),
+            script.headers.get(&path).cloned().unwrap_or_default(),
         )
     };
+    let mut answer = HeaderMap::new();
+    for (name, value) in answer_headers {
+        answer.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(&value).unwrap(),
+        );
+    }
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -199,8 +219,8 @@ async fn record(
             .send()
             .await;
         if !published.is_ok_and(|r| r.status().is_success()) {
-            return StatusCode::SERVICE_UNAVAILABLE;
+            return (StatusCode::SERVICE_UNAVAILABLE, answer);
         }
     }
-    StatusCode::from_u16(status).unwrap()
+    (StatusCode::from_u16(status).unwrap(), answer)
 }

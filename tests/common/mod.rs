@@ -158,6 +158,7 @@ impl Settings {
             logs,
             settings: self,
             http: http_client(),
+            cleaned: Mutex::default(),
         }
     }
 }
@@ -178,6 +179,16 @@ pub struct Sidecar {
     logs: Arc<Mutex<Vec<String>>>,
     pub settings: Settings,
     pub http: reqwest::Client,
+    /// Queues and exchanges the test deleted, deleted again once the process is gone: a
+    /// running sidecar declares its queues again when they vanish under it.
+    cleaned: Mutex<Vec<Declared>>,
+}
+
+/// Something a sidecar declared on the broker.
+#[derive(Clone)]
+enum Declared {
+    Queue(String),
+    Exchange(String),
 }
 
 /// An HTTP answer, read whole.
@@ -317,11 +328,17 @@ impl Sidecar {
     /// Deletes the queues of subscription `name`.
     pub async fn cleanup_subscription(&self, broker: &Broker, name: &str) {
         let main = self.queue(name);
-        broker.delete_queue(&main).await;
-        broker.delete_queue(&format!("{main}.dlq")).await;
-        for tier in 1..=12 {
-            broker.delete_queue(&format!("{main}.retry.{tier}")).await;
+        let mut queues = vec![main.clone(), format!("{main}.dlq")];
+        queues.extend((1..=WAIT_TIERS).map(|tier| format!("{main}.retry.{tier}")));
+        for queue in queues {
+            self.delete(broker, Declared::Queue(queue)).await;
         }
+    }
+
+    /// Deletes `declared` now, and again once the process is gone.
+    async fn delete(&self, broker: &Broker, declared: Declared) {
+        broker.delete(&declared).await;
+        self.cleaned.lock().unwrap().push(declared);
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -357,9 +374,12 @@ impl Sidecar {
 
     /// Deletes what this sidecar declared on the broker.
     pub async fn cleanup(&self, broker: &Broker) {
-        broker.delete_exchange(self.exchange()).await;
-        broker.delete_exchange(self.unrouted()).await;
-        broker.delete_queue(self.unrouted()).await;
+        let exchange = Declared::Exchange(self.exchange().to_owned());
+        self.delete(broker, exchange).await;
+        let unrouted = self.unrouted().to_owned();
+        self.delete(broker, Declared::Exchange(unrouted.clone()))
+            .await;
+        self.delete(broker, Declared::Queue(unrouted)).await;
     }
 }
 
@@ -367,6 +387,27 @@ impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let cleaned = std::mem::take(&mut *self.cleaned.lock().unwrap());
+        if !cleaned.is_empty() {
+            // Drop cannot await, and a runtime cannot start inside the test's own: a thread
+            // of its own deletes them, within a bound.
+            let deleting = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let deleted = async {
+                        let broker = Broker::connect().await;
+                        for declared in &cleaned {
+                            broker.delete(declared).await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), deleted).await;
+                });
+            });
+            let _ = deleting.join();
+        }
         if !self.settings.keep_data {
             let dir = PathBuf::from(self.settings.get("CAUSEWAY_DATA_DIR"));
             let _ = std::fs::remove_dir_all(dir);
@@ -483,6 +524,33 @@ impl Broker {
         (declared.message_count(), declared.consumer_count())
     }
 
+    /// How many messages wait in `queue`, not counting those a consumer holds; `None` when
+    /// there is no such queue.
+    pub async fn depth(&self, queue: &str) -> Option<u32> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = channel.close(200, "done".into()).await;
+        Some(declared.message_count())
+    }
+
+    /// Deletes a queue or an exchange a sidecar declared.
+    async fn delete(&self, declared: &Declared) {
+        match declared {
+            Declared::Queue(name) => self.delete_queue(name).await,
+            Declared::Exchange(name) => self.delete_exchange(name).await,
+        }
+    }
+
     pub async fn delete_exchange(&self, name: &str) {
         let _ = self
             .channel
@@ -515,6 +583,29 @@ impl TestQueue {
         Some(delivery)
     }
 
+    /// Every message until `done` holds for the messages received so far; fails when that
+    /// takes longer than `within`.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        done: impl Fn(&[Delivery]) -> bool,
+    ) -> Vec<Delivery> {
+        let deadline = Instant::now() + within;
+        let mut all = Vec::new();
+        while !done(&all) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} messages within {within:?}, not yet the ones expected",
+                all.len()
+            );
+            if let Some(delivery) = self.next(left.min(Duration::from_millis(200))).await {
+                all.push(delivery);
+            }
+        }
+        all
+    }
+
     /// Every message that arrives until none has come for `quiet`.
     pub async fn drain(&mut self, quiet: Duration) -> Vec<Delivery> {
         let mut all = Vec::new();
@@ -523,6 +614,117 @@ impl TestQueue {
         }
         all
     }
+}
+
+/// Wait queues a subscription can have; `cleanup_subscription` deletes as many.
+const WAIT_TIERS: u32 = 12;
+
+/// Shows that subscription `name` of `sidecar` has nothing left to POST from earlier events,
+/// so that a test can then count POSTs and treat the count as final. Returns the id of the
+/// marker event it delivered.
+///
+/// It waits until the subscription's wait queues are empty, then publishes a marker event of
+/// `event_type` and waits until `app` received it on `route`. Why that proves the absence of
+/// any later POST of an earlier event, for a subscription that is not ordered, has
+/// `concurrency = 1` (a prefetch of one) and whose app answers 2xx on `route` from now on:
+/// once the wait queues are empty, a copy of an earlier event that could still be POSTed is
+/// in the main queue or is the one message the sidecar holds. The marker is published after
+/// that, so it is behind every such copy; with a prefetch of one the broker hands the marker
+/// to the sidecar only after the message before it was settled, and with a 2xx answer
+/// nothing goes back to a wait queue. So when the marker reaches the app, every earlier copy
+/// has had its last POST.
+pub async fn marker(
+    sidecar: &Sidecar,
+    broker: &Broker,
+    app: &app::TestApp,
+    name: &str,
+    event_type: &str,
+    route: &str,
+) -> String {
+    let event = MarkerEvent {
+        event_type,
+        body: r#"{"marker":true}"#,
+        headers: &[],
+    };
+    marker_event(sidecar, broker, app, name, route, event).await
+}
+
+/// The event `marker_event` publishes.
+pub struct MarkerEvent<'a> {
+    pub event_type: &'a str,
+    pub body: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+/// `marker` with an event of the test's choosing (one that passes the sidecar's schemas).
+pub async fn marker_event(
+    sidecar: &Sidecar,
+    broker: &Broker,
+    app: &app::TestApp,
+    name: &str,
+    route: &str,
+    event: MarkerEvent<'_>,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let main = sidecar.queue(name);
+    loop {
+        let mut waiting = 0;
+        for tier in 1..=WAIT_TIERS {
+            waiting += broker
+                .depth(&format!("{main}.retry.{tier}"))
+                .await
+                .unwrap_or(0);
+        }
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} messages still wait in the wait queues of {main}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = sidecar
+        .publish(event.event_type, event.body, event.headers)
+        .await;
+    assert_eq!(published.status, 202, "the marker: {published:?}");
+    let marker = published.body["event_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !app.received(route).iter().any(|r| r.event_id() == marker) {
+        assert!(
+            Instant::now() < deadline,
+            "the marker event did not reach {route}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    marker
+}
+
+/// Publishes a marker event of `event_type` with `headers` (which must route it to `queue`)
+/// and returns every message `queue` received before it, the marker left out.
+///
+/// The list is complete, and nothing the sidecar published before the marker can come later:
+/// every earlier publish was answered before the marker was sent, and a confirmed message is
+/// in its queues; and the sidecar publishes on one channel, whose messages a queue keeps in
+/// order, so whatever else it sent before the marker is ahead of the marker too.
+pub async fn before_marker(
+    sidecar: &Sidecar,
+    queue: &mut TestQueue,
+    event_type: &str,
+    headers: &[(&str, &str)],
+) -> Vec<Delivery> {
+    let published = sidecar
+        .publish(event_type, r#"{"marker":true}"#, headers)
+        .await;
+    assert_eq!(published.status, 202, "the marker: {published:?}");
+    let marker = published.body["event_id"].clone();
+    let mut all = queue
+        .until(Duration::from_secs(15), |all| {
+            all.last().is_some_and(|d| body(d)["event_id"] == marker)
+        })
+        .await;
+    all.pop();
+    all
 }
 
 /// The JSON body of a message.
