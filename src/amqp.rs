@@ -35,3 +35,22 @@ pub fn int_header(properties: &BasicProperties, name: &str) -> Option<u64> {
         _ => None,
     }
 }
+
+/// The reply code of a channel the broker closed (404 NOT_FOUND, 405 RESOURCE_LOCKED, 406
+/// PRECONDITION_FAILED, …), when `error` is one.
+pub fn soft_error(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            lapin::protocol::AMQPErrorKind::Soft(soft) => Some(soft.get_id()),
+            lapin::protocol::AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// NOT_FOUND: a queue or exchange that does not exist.
+pub const NOT_FOUND: u16 = 404;
+/// RESOURCE_LOCKED: an exclusive queue another connection owns.
+pub const RESOURCE_LOCKED: u16 = 405;
+/// PRECONDITION_FAILED: a declaration whose arguments differ from the existing one's.
+pub const PRECONDITION_FAILED: u16 = 406;

@@ -3,15 +3,21 @@
 //!
 //! lapin's own recovery is not used: a confirm in flight when its socket dies can stay
 //! pending through a whole outage there. Instead [`Connector`] owns the connection, drops it
-//! at the first sign of trouble, reconnects with backoff and redeclares the topology, and
-//! publishes its state on a watch channel that the [`Publisher`] and `/readyz` read.
+//! at the first sign of trouble, reconnects through the [`Dialer`] (an address list with
+//! failover) and redeclares the topology, and publishes its state on a watch channel that
+//! the [`Publisher`] and `/readyz` read. The consumers and the dead-letter operations reach
+//! the broker through the same [`Dialer`] and [`keep_connected`] loop.
 
 mod backoff;
 mod connection;
+mod dialer;
 mod publisher;
 mod topology;
 
 pub use backoff::Backoff;
 pub use connection::{Connector, Link, close_gracefully};
+pub use dialer::{
+    DialError, Dialed, Dialer, Ended, Trouble, address, keep_connected, next_trouble,
+};
 pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
 pub use topology::{PublishTopology, queue_depth};

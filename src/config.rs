@@ -67,8 +67,9 @@ pub struct Config {
 /// Everything the broker link needs.
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// The AMQP URI, with the heartbeat defaulted when the user gave none.
-    pub url: String,
+    /// The brokers' AMQP URIs (one per node of a cluster, or one), with the heartbeat and
+    /// frame size defaulted where the user gave none. Tried in a shuffled order.
+    pub urls: Vec<String>,
     /// The durable topic exchange for all events.
     pub exchange: String,
     /// The alternate exchange and queue that keep unroutable events.
@@ -283,7 +284,7 @@ impl<'a> Reader<'a> {
         let amqp_url = self.get(
             "amqp_url",
             Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            parse_amqp_url,
+            parse_amqp_urls,
         );
         let exchange = self.get("exchange", Some("causeway.events"), |v| parse_name(v, 200));
         let unrouted = self.get("unrouted_queue", Some("causeway.unrouted"), |v| {
@@ -317,7 +318,7 @@ impl<'a> Reader<'a> {
             api_addr: api_addr?,
             admin_addr: admin_addr?,
             broker: BrokerConfig {
-                url: amqp_url?,
+                urls: amqp_url?,
                 exchange: exchange?,
                 unrouted: unrouted?,
                 confirm_timeout: confirm_timeout?,
@@ -461,6 +462,35 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
         .map_err(|_| "expected an IP address and port such as 127.0.0.1:7070".into())
+}
+
+/// Most broker addresses in `CAUSEWAY_AMQP_URL`.
+const MAX_BROKER_URLS: usize = 16;
+
+/// A comma-separated list of AMQP URIs, like the address lists of RabbitMQ's own clients:
+/// the nodes of one cluster, each with its own credentials and vhost or the same.
+fn parse_amqp_urls(value: &str) -> Result<Vec<String>, String> {
+    let mut urls = Vec::new();
+    for (index, part) in value.split(',').enumerate() {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(format!("address {} of the list is empty", index + 1));
+        }
+        let url = parse_amqp_url(part).map_err(|problem| {
+            if value.contains(',') {
+                format!("address {} of the list: {problem}", index + 1)
+            } else {
+                problem
+            }
+        })?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    if urls.len() > MAX_BROKER_URLS {
+        return Err(format!("expected at most {MAX_BROKER_URLS} addresses"));
+    }
+    Ok(urls)
 }
 
 /// Parses the AMQP URI and fills in two defaults the user did not set:

@@ -7,12 +7,17 @@
 //! what ended in a dead-letter queue.
 
 mod app;
+mod consumer;
 mod dead_letters;
 mod handler;
 pub mod outcome;
+mod record;
+mod state;
 mod supervisor;
 pub mod topology;
 
 pub use app::{AppClient, InvalidAppUrl};
+pub use consumer::ConsumerError;
 pub use dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Replayed};
-pub use supervisor::{State, States, SubscriptionState, Supervisor, SupervisorConfig};
+pub use state::{State, States, SubscriptionState};
+pub use supervisor::{Supervisor, SupervisorConfig};

@@ -279,6 +279,11 @@ impl PublishService {
     fn inherited_correlation(&self, causation_id: Option<&str>) -> Option<String> {
         match self.causes.correlation_of(causation_id?) {
             Ok(found) => found,
+            // The store's outage is logged once by its health, not per publish.
+            Err(error) if error.is_unavailable() => {
+                debug!(%error, "cannot look up the causing event's correlation id");
+                None
+            }
             Err(error) => {
                 warn!(%error, "cannot look up the causing event's correlation id");
                 None

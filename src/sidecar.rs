@@ -22,10 +22,10 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, ApiState, admin::AdminState},
-    broker::{Connector, Publisher},
+    broker::{Connector, Dialer, Publisher},
     config::Config,
     delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
-    health::Health,
+    health::{Health, Store, StoreState},
     publish::PublishService,
     schema::{SchemaError, SchemaRegistry},
     store::{DedupStore, EmbeddedStore, RedisDedup, StoreError},
@@ -36,7 +36,7 @@ use crate::{
 /// Why the sidecar could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum SidecarError {
-    /// The embedded store could not be opened.
+    /// The embedded store could not be opened, or the Redis URL is malformed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A listener could not bind.
@@ -71,10 +71,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         config.schemas_dir.as_deref(),
         config.schemas_strict,
     )?);
-    let store = EmbeddedStore::open(&config.data_dir)?;
-    let dedup: Arc<dyn DedupStore> = match &config.dedup_url {
-        Some(url) => Arc::new(RedisDedup::connect(url, &config.service).await?),
-        None => Arc::new(store.clone()),
+    let metrics = Arc::new(Metrics::default());
+    let health = Health::default();
+    let store = EmbeddedStore::open_with(
+        &config.data_dir,
+        health.track(Store::Embedded, StoreState::Ok, metrics.clone()),
+    )?;
+    // Redis is not needed to start: while it is down, deliveries wait and `/readyz` says so.
+    let (dedup, redis): (Arc<dyn DedupStore>, _) = match &config.dedup_url {
+        Some(url) => {
+            let tracked = health.track(Store::Redis, StoreState::Unknown, metrics.clone());
+            let redis = RedisDedup::open(url, &config.service, tracked)?;
+            (Arc::new(redis.clone()), Some(redis))
+        }
+        None => (Arc::new(store.clone()), None),
     };
     let registry = Arc::new(Registry::load(config.subscriptions.clone(), store.clone())?);
     let app = AppClient::new(&config.app_url)?;
@@ -87,9 +97,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         "listening"
     );
 
-    let metrics = Arc::new(Metrics::default());
     let broker_shutdown = CancellationToken::new();
-    let (connector, link) = Connector::new(config.broker.clone(), &config.service, metrics.clone());
+    let (connector, link) = Connector::new(&config.broker, &config.service, metrics.clone());
     let broker_task = tokio::spawn(connector.run(broker_shutdown.clone()));
     let (supervisor, states) = Supervisor::new(
         SupervisorConfig {
@@ -107,6 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     );
     let consumers_task = tokio::spawn(supervisor.run(shutdown.clone()));
     let sweeper_task = tokio::spawn(store.clone().run_sweeper(shutdown.clone()));
+    let probe_task = redis.map(|redis| tokio::spawn(redis.run_probe(shutdown.clone())));
     tokio::spawn(reload_on_hangup(schemas.clone(), shutdown.clone()));
 
     let publisher = Publisher::new(
@@ -124,7 +134,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         metrics.clone(),
         schemas.clone(),
     );
-    let health = Health::default();
     let api_state = ApiState {
         publish: publish.clone(),
         health: health.clone(),
@@ -133,7 +142,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         service: config.service.as_str().into(),
         registry,
         states: states.clone(),
-        dead_letters: DeadLetters::new(&config.broker.url),
+        dead_letters: DeadLetters::new(Dialer::new(
+            &config.broker.urls,
+            config.broker.connect_timeout,
+            format!("causeway {} dead-letter operation", config.service),
+        )),
         metrics: metrics.clone(),
         schemas,
     };
@@ -185,6 +198,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     admin_shutdown.cancel();
     let _ = admin_task.await;
     let _ = sweeper_task.await;
+    if let Some(probe_task) = probe_task {
+        let _ = probe_task.await;
+    }
     match failure {
         Some(error) => Err(error),
         None => Ok(()),

@@ -114,6 +114,22 @@ pub enum StoreError {
     /// The shared Redis store failed.
     #[error("redis: {0}")]
     Redis(String),
+    /// The store cannot serve requests for now (an I/O error such as a full disk, or Redis
+    /// out of reach). It recovers by itself; the request may be tried again later.
+    #[error("the {store} store is unavailable: {reason}")]
+    Unavailable {
+        /// `embedded` or `redis`.
+        store: &'static str,
+        /// The error that made it unavailable, as text.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether the store is unavailable for now, rather than the request being at fault.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -18,9 +18,13 @@ use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt
 use crate::config::LogFormat;
 pub use propagation::{TraceExt, context_of, current_trace_id, field_table_trace, trace_of};
 
-/// What is logged when `RUST_LOG` is unset: causeway at info, the AMQP client's chatter only
-/// when it is a warning.
-const DEFAULT_FILTER: &str = "info,lapin=warn,amq_protocol=warn";
+/// What is logged when `RUST_LOG` is unset: causeway at info.
+const DEFAULT_FILTER: &str = "info";
+/// The AMQP client's own lines are off unless `RUST_LOG` names it: causeway watches every
+/// connection and channel itself and logs each failure once, with what it does about it,
+/// while the client logs the same failure as ERROR lines of its own, many times over, also
+/// for a recovery that succeeds.
+const AMQP_CLIENT_OFF: [&str; 2] = ["lapin=off", "amq_protocol=off"];
 
 /// The installed telemetry; flush it on the way out.
 #[derive(Debug)]
@@ -35,6 +39,23 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built from the `OTEL_*` settings.
     #[error("OpenTelemetry exporter: {0}")]
     Exporter(String),
+}
+
+/// The log filter: `RUST_LOG` (or the default), with the AMQP client's lines off unless
+/// `RUST_LOG` names it.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let wanted = rust_log
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or(DEFAULT_FILTER);
+    let mut filter = EnvFilter::try_new(wanted).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    if !wanted.contains("lapin") && !wanted.contains("amq_protocol") {
+        for directive in AMQP_CLIENT_OFF {
+            if let Ok(directive) = directive.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
+    filter
 }
 
 /// Installs logging and tracing for the whole process. Call it inside the tokio runtime:
@@ -65,8 +86,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
             .boxed()
     });
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

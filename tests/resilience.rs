@@ -315,7 +315,7 @@ async fn consumers_come_back_after_the_broker_connection_is_cut_without_leaking(
     assert_eq!(consumers, 1, "old consumers leaked");
     assert_eq!(messages, 0, "events were left behind in the queue");
     sidecar
-        .wait_for_log("consumer connection lost", Duration::from_secs(1))
+        .wait_for_log("broker connection lost", Duration::from_secs(1))
         .await;
 
     sidecar.cleanup_subscription(&broker, "heal").await;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::{
     delivery::{State as ConsumerState, States},
-    health::Health,
+    health::{Health, Store, StoreState},
     publish::PublishService,
     telemetry::metrics::Metrics,
 };
@@ -60,8 +60,8 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the broker link is up, every subscription is consuming, and the sidecar is
-/// not draining.
+/// Ready when the broker link is up, every subscription is consuming, every store works,
+/// and the sidecar is not draining.
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
     let draining = state.health.is_draining();
     let broker = state.publish.is_connected();
@@ -76,17 +76,29 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
         .borrow()
         .values()
         .all(|s| s.state == ConsumerState::Consuming);
-    let ready = broker && consuming && !draining;
+    let stores = state.health.stores();
+    let stores_ok = stores.iter().all(|(_, s)| *s == StoreState::Ok);
+    let ready = broker && consuming && stores_ok && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "broker": state.publish.link_state(),
         "subscriptions": subscriptions,
         "draining": draining,
     });
+    for (store, store_state) in stores {
+        let key = match store {
+            Store::Embedded => "store",
+            Store::Redis => "redis",
+        };
+        body[key] = Value::from(store_state.name());
+        if let StoreState::Failing { reason } = store_state {
+            body[format!("{key}_error")] = Value::from(reason);
+        }
+    }
     (status, Json(body))
 }

@@ -260,6 +260,14 @@ pub(super) fn problem_for(rejected: Rejected) -> Problem {
             ),
         ),
         Rejected::Schema(invalid) => schema_problem(&invalid),
+        // Logged once by the store's health, not per request.
+        Rejected::Store(error) if error.is_unavailable() => {
+            debug!(%error, "idempotency store unavailable");
+            Problem::unavailable(
+                "the idempotency store is unavailable; nothing was published, retry later",
+                1,
+            )
+        }
         Rejected::Store(error) => {
             error!(%error, "idempotency store failed");
             Problem::internal()

@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{
     ApiState,
@@ -262,6 +262,21 @@ fn registry_problem(error: RegistryError) -> Problem {
             "Subscription defined in the config file",
             format!("subscription {name} is defined in the config file; change it there"),
         ),
+        RegistryError::NotInPlace { name, field } => Problem::new(
+            StatusCode::CONFLICT,
+            "subscription-change-not-in-place",
+            "The change cannot be made in place",
+            format!(
+                "{field} cannot change on the existing subscription {name}: its queue was declared with the old value and the broker cannot change that in place. Nothing was changed. To switch, create a subscription under a new name with the new value, let the old one drain (its queue depth reaches 0), then delete the old one and its queues"
+            ),
+        ),
+        RegistryError::Store(error) if error.is_unavailable() => {
+            warn!(%error, "subscription store unavailable");
+            Problem::unavailable(
+                "the subscription store is unavailable; nothing was changed, retry later",
+                1,
+            )
+        }
         RegistryError::Store(error) => {
             error!(%error, "subscription store failed");
             Problem::internal()

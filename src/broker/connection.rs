@@ -8,16 +8,15 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
-use lapin::{
-    Channel, Connection, ConnectionProperties, Event, options::ConfirmSelectOptions,
-    types::LongString,
-};
+use lapin::{Channel, Connection, options::ConfirmSelectOptions};
 use tokio::{sync::watch, time::timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backoff, PublishTopology};
+use super::{
+    PublishTopology,
+    dialer::{Dialer, Ended, Trouble, keep_connected, next_trouble},
+};
 use crate::{
     config::BrokerConfig,
     telemetry::metrics::{Connection as MetricsConnection, Metrics},
@@ -58,6 +57,8 @@ const UNROUTED_EVERY: Duration = Duration::from_secs(10);
 const NOT_READ: u64 = u64::MAX;
 /// How long closing the connection may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long declaring the topology on a new connection may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Closes the channels that are still open, then the connection, each within a bound.
 ///
@@ -74,26 +75,20 @@ pub async fn close_gracefully(connection: &Connection, channels: &[Option<&Chann
 }
 
 /// Owns the publishing connection: connects, declares the topology, watches for trouble,
-/// and reconnects with backoff until shut down.
+/// and reconnects until shut down.
 #[derive(Debug)]
 pub struct Connector {
-    config: BrokerConfig,
+    dialer: Dialer,
     topology: PublishTopology,
-    name: String,
     link: watch::Sender<Link>,
     unrouted_depth: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
-enum Ended {
-    Shutdown,
-    Lost(String),
-}
-
 impl Connector {
     /// A connector for `service`; the receiver follows the link's state.
     pub fn new(
-        config: BrokerConfig,
+        config: &BrokerConfig,
         service: &str,
         metrics: Arc<Metrics>,
     ) -> (Self, watch::Receiver<Link>) {
@@ -103,9 +98,12 @@ impl Connector {
             unrouted: config.unrouted.clone(),
         };
         let connector = Connector {
-            config,
+            dialer: Dialer::new(
+                &config.urls,
+                config.connect_timeout,
+                format!("causeway {service} publisher"),
+            ),
             topology,
-            name: format!("causeway {service} publisher"),
             link,
             unrouted_depth: AtomicU64::new(NOT_READ),
             metrics,
@@ -115,62 +113,44 @@ impl Connector {
 
     /// Runs until `shutdown`, then closes the connection.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                attempt = timeout(self.config.connect_timeout, self.establish()) => attempt,
-            };
-            match attempt {
-                Ok(Ok((connection, channel))) => {
-                    backoff.reset();
-                    info!(exchange = %self.topology.exchange, "connected to the broker");
-                    self.link.send_replace(Link::Up(channel.clone()));
-                    self.metrics.connected(MetricsConnection::Publish, true);
-                    let mut inspector = None;
-                    let ended = self
-                        .watch(&connection, &channel, &mut inspector, &shutdown)
-                        .await;
-                    self.link.send_replace(Link::Down);
-                    self.metrics.connected(MetricsConnection::Publish, false);
-                    close_gracefully(&connection, &[Some(&channel), inspector.as_ref()]).await;
-                    match ended {
-                        Ended::Shutdown => {
-                            info!("broker connection closed");
-                            return;
-                        }
-                        Ended::Lost(error) => warn!(%error, "broker connection lost"),
-                    }
-                }
-                Ok(Err(error)) => warn!(%error, "cannot connect to the broker"),
-                Err(_) => warn!(
-                    timeout_ms = self.config.connect_timeout.as_millis() as u64,
-                    "connecting to the broker timed out"
-                ),
-            }
-            let delay = backoff.next_delay();
-            debug!(
-                delay_ms = delay.as_millis() as u64,
-                "reconnecting to the broker"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
+        keep_connected(&self.dialer, "publishing", &shutdown, |dialed| {
+            self.session(dialed.connection, &shutdown)
+        })
+        .await;
+        info!("broker connection closed");
     }
 
-    /// Connects, opens a channel in confirm mode and declares the topology.
-    async fn establish(&self) -> lapin::Result<(Connection, Channel)> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(LongString::from(self.name.as_str()));
-        let connection = Connection::connect(&self.config.url, properties).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        self.topology.declare(&channel).await?;
-        Ok((connection, channel))
+    /// Declares the topology on a fresh connection, then publishes over it until it fails.
+    async fn session(&self, connection: Connection, shutdown: &CancellationToken) -> Ended {
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            self.topology.declare(&channel).await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        let channel = match timeout(SETUP_TIMEOUT, setup).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => {
+                close_gracefully(&connection, &[]).await;
+                return Ended::Failed(format!("cannot declare the topology: {error}"));
+            }
+            Err(_) => {
+                close_gracefully(&connection, &[]).await;
+                return Ended::Failed("declaring the topology timed out".into());
+            }
+        };
+        self.link.send_replace(Link::Up(channel.clone()));
+        self.metrics.connected(MetricsConnection::Publish, true);
+        let mut inspector = None;
+        let ended = self
+            .watch(&connection, &channel, &mut inspector, shutdown)
+            .await;
+        self.link.send_replace(Link::Down);
+        self.metrics.connected(MetricsConnection::Publish, false);
+        close_gracefully(&connection, &[Some(&channel), inspector.as_ref()]).await;
+        ended
     }
 
     /// Follows the connection until it fails or `shutdown`.
@@ -187,18 +167,16 @@ impl Connector {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
-                event = events.next() => match event {
-                    Some(Event::Error(error)) => return Ended::Lost(error.to_string()),
-                    Some(Event::ConnectionBlocked(reason)) => {
+                trouble = next_trouble(connection, &mut events) => match trouble {
+                    Trouble::Lost(error) => return Ended::Lost(error),
+                    Trouble::Blocked(reason) => {
                         warn!(%reason, "the broker blocks publishing");
                         self.link.send_replace(Link::Blocked(channel.clone()));
                     }
-                    Some(Event::ConnectionUnblocked) => {
+                    Trouble::Unblocked => {
                         info!("the broker unblocked publishing");
                         self.link.send_replace(Link::Up(channel.clone()));
                     }
-                    Some(_) => {}
-                    None => return Ended::Lost("connection events ended".into()),
                 },
                 _ = check.tick() => {
                     if !connection.status().connected() {

@@ -20,8 +20,8 @@ fn defaults_apply_when_only_the_service_is_set() {
     assert_eq!(config.broker.exchange, "causeway.events");
     assert_eq!(config.broker.unrouted, "causeway.unrouted");
     assert_eq!(
-        config.broker.url,
-        "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&frame_max=16384"
+        config.broker.urls,
+        ["amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10&frame_max=16384"]
     );
     assert_eq!(config.max_body, 1024 * 1024);
     assert_eq!(config.dedup_retention, Duration::from_secs(7 * 24 * 3600));
@@ -86,6 +86,27 @@ fn explicit_heartbeat_and_frame_max_are_kept() {
         parse_amqp_url("amqps://host/vh?frame_max=8192").unwrap(),
         "amqps://host/vh?frame_max=8192&heartbeat=10"
     );
+}
+
+#[test]
+fn an_address_list_names_each_node_and_a_bad_entry_by_its_place() {
+    let urls = parse_amqp_urls(
+        "amqp://u:p@rabbit-0:5672/vh, amqp://u:p@rabbit-1:5672/vh ,amqps://v:q@rabbit-2/other",
+    )
+    .unwrap();
+    assert_eq!(
+        urls,
+        [
+            "amqp://u:p@rabbit-0:5672/vh?heartbeat=10&frame_max=16384",
+            "amqp://u:p@rabbit-1:5672/vh?heartbeat=10&frame_max=16384",
+            "amqps://v:q@rabbit-2/other?heartbeat=10&frame_max=16384",
+        ]
+    );
+    let error = parse_amqp_urls("amqp://a:b@one/%2f,http://two").unwrap_err();
+    assert!(error.starts_with("address 2 of the list"), "{error}");
+    assert!(!error.contains("two"), "the value is echoed: {error}");
+    assert!(parse_amqp_urls("amqp://one,,amqp://two").is_err());
+    assert_eq!(parse_amqp_urls("amqp://one, amqp://one").unwrap().len(), 1);
 }
 
 #[test]

@@ -1,34 +1,37 @@
 //! Dead-letter operations: list without losing or reordering, replay, purge.
 //!
 //! Each operation opens a short-lived connection of its own: they are rare, and this keeps
-//! them apart from the consumers' prefetch and channel state. Within one sidecar the
-//! operations on one subscription take turns, so that a listing never hides messages
-//! another listing holds.
+//! them apart from the consumers' prefetch and channel state. The operations on one
+//! dead-letter queue take turns, within a sidecar and across every replica of the service,
+//! so that a listing never misses messages another listing or a replay holds.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection,
     options::{
         BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
     },
-    types::{LongString, ShortString},
+    types::ShortString,
 };
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::{Instant, timeout};
 
-use super::{handler::copy_properties, topology::Queues};
+use super::{
+    handler::copy_properties,
+    topology::{Queues, lock_across_replicas},
+};
 use crate::{
-    amqp::{int_header, text_header},
-    broker::{PublishError, close_gracefully, publish_confirmed, queue_depth},
-    key_locks::{KeyGuard, KeyLocks},
+    amqp::{NOT_FOUND, int_header, soft_error, text_header},
+    broker::{DialError, Dialer, PublishError, close_gracefully, publish_confirmed, queue_depth},
+    key_locks::KeyLocks,
 };
 
 /// How long one dead-letter operation may take at the broker.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most messages one replay looks at.
-const REPLAY_SCAN_LIMIT: u32 = 100_000;
+/// Most messages one listing or replay reads.
+const SCAN_LIMIT: u32 = 20_000;
 
 /// A dead letter as the API shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -69,9 +72,12 @@ pub struct Replayed {
 /// A dead-letter operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
-    /// The broker could not be reached or failed.
+    /// The broker failed.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// No broker address could be reached.
+    #[error(transparent)]
+    Unreachable(#[from] DialError),
     /// Moving a message back failed; it stays in the dead-letter queue.
     #[error("replay publish: {0}")]
     Publish(#[from] PublishError),
@@ -83,99 +89,117 @@ pub enum DeadLetterError {
 /// Dead-letter operations against the broker.
 #[derive(Clone, Debug)]
 pub struct DeadLetters {
-    url: String,
+    dialer: Arc<Dialer>,
     turns: Arc<KeyLocks>,
 }
 
 impl DeadLetters {
-    /// Operations over connections to `url`.
-    pub fn new(url: &str) -> Self {
+    /// Operations over connections made by `dialer`.
+    pub fn new(dialer: Dialer) -> Self {
         DeadLetters {
-            url: url.to_owned(),
+            dialer: Arc::new(dialer),
             turns: Arc::default(),
         }
     }
 
-    /// Up to `limit` dead letters, oldest first, and how many there are in all. The
-    /// messages are read and returned to the queue in their order.
+    /// Up to `limit` dead letters, oldest first (by when they were dead-lettered), and how
+    /// many there are in all. Every message is read and all are returned to the queue
+    /// together, which keeps their order in a quorum queue (returned messages go to its
+    /// back, in the order returned).
     pub async fn list(
         &self,
         queues: &Queues,
         limit: u32,
     ) -> Result<(Vec<DeadLetter>, u32), DeadLetterError> {
-        let _turn = self.turn(&queues.dlq).await;
-        self.with_channel(|channel| async move {
-            let total = queue_depth(&channel, &queues.dlq).await?;
-            let mut letters = Vec::new();
+        self.exclusive(&queues.dlq, |channel, depth| async move {
+            let Some(depth) = depth else {
+                return Ok((Vec::new(), 0));
+            };
+            let keep = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut oldest: Vec<(Option<String>, u32, DeadLetter)> = Vec::new();
             let mut last_tag = None;
-            for _ in 0..limit.min(total) {
+            let mut read = 0;
+            // Until the queue is empty, not up to the depth read before: a quorum queue
+            // may count messages just returned by the previous operation a moment late,
+            // though a read already finds them.
+            for position in 0..SCAN_LIMIT {
                 let Some(message) = get(&channel, &queues.dlq).await? else {
                     break;
                 };
                 last_tag = Some(message.delivery.delivery_tag);
-                letters.push(describe(
-                    &message.delivery.properties,
-                    &message.delivery.data,
-                ));
+                read += 1;
+                let letter = describe(&message.delivery.properties, &message.delivery.data);
+                oldest.push((letter.dead_lettered_at.clone(), position, letter));
+                if oldest.len() >= keep.saturating_mul(2).max(64) {
+                    oldest.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+                    oldest.truncate(keep);
+                }
             }
             if let Some(tag) = last_tag {
                 channel.basic_nack(tag, requeue_all()).await?;
             }
-            Ok((letters, total))
+            oldest.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            oldest.truncate(keep);
+            let total = if read < SCAN_LIMIT {
+                read
+            } else {
+                depth.max(read)
+            };
+            Ok((oldest.into_iter().map(|(_, _, l)| l).collect(), total))
         })
         .await
     }
 
     /// Moves dead letters back to the subscription's queue with their attempts reset: all
-    /// of them, or those whose event id is in `only`. Order is kept.
+    /// of them, or those whose event id is in `only`. Queue order is kept.
     pub async fn replay(
         &self,
         queues: &Queues,
         only: Option<HashSet<String>>,
     ) -> Result<Replayed, DeadLetterError> {
-        let _turn = self.turn(&queues.dlq).await;
-        self.with_channel(|channel| async move {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            let total = queue_depth(&channel, &queues.dlq).await?;
+        self.exclusive(&queues.dlq, |channel, depth| async move {
             let mut replayed = Replayed::default();
             let mut found = HashSet::new();
-            let mut kept = None;
-            for _ in 0..total.min(REPLAY_SCAN_LIMIT) {
-                let Some(message) = get(&channel, &queues.dlq).await? else {
-                    break;
-                };
-                let delivery = message.delivery;
-                let event_id = event_id(&delivery.properties, &delivery.data);
-                let wanted = match (&only, &event_id) {
-                    (None, _) => true,
-                    (Some(ids), Some(id)) => ids.contains(id),
-                    (Some(_), None) => false,
-                };
-                if !wanted {
-                    kept = Some(delivery.delivery_tag);
-                    continue;
-                }
-                let deadline = Instant::now() + OPERATION_TIMEOUT;
-                publish_confirmed(
-                    &channel,
-                    ShortString::from(""),
-                    ShortString::from(queues.main.as_str()),
-                    &delivery.data,
-                    // Without the per-hop and causeway headers: attempts start again at 1.
-                    copy_properties(&delivery.properties, |_| {}),
-                    deadline,
-                )
-                .await?;
+            if depth.is_some() {
                 channel
-                    .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                    .confirm_select(ConfirmSelectOptions::default())
                     .await?;
-                replayed.replayed += 1;
-                found.extend(event_id);
-            }
-            if let Some(tag) = kept {
-                channel.basic_nack(tag, requeue_all()).await?;
+                let mut kept = None;
+                for _ in 0..SCAN_LIMIT {
+                    let Some(message) = get(&channel, &queues.dlq).await? else {
+                        break;
+                    };
+                    let delivery = message.delivery;
+                    let event_id = event_id(&delivery.properties, &delivery.data);
+                    let wanted = match (&only, &event_id) {
+                        (None, _) => true,
+                        (Some(ids), Some(id)) => ids.contains(id),
+                        (Some(_), None) => false,
+                    };
+                    if !wanted {
+                        kept = Some(delivery.delivery_tag);
+                        continue;
+                    }
+                    let deadline = Instant::now() + OPERATION_TIMEOUT;
+                    publish_confirmed(
+                        &channel,
+                        ShortString::from(""),
+                        ShortString::from(queues.main.as_str()),
+                        &delivery.data,
+                        // Without the per-hop and causeway headers: attempts start again at 1.
+                        copy_properties(&delivery.properties, |_| {}),
+                        deadline,
+                    )
+                    .await?;
+                    channel
+                        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                        .await?;
+                    replayed.replayed += 1;
+                    found.extend(event_id);
+                }
+                if let Some(tag) = kept {
+                    channel.basic_nack(tag, requeue_all()).await?;
+                }
             }
             if let Some(ids) = only {
                 replayed.not_found = ids.into_iter().filter(|id| !found.contains(id)).collect();
@@ -188,8 +212,10 @@ impl DeadLetters {
 
     /// Deletes every dead letter; returns how many.
     pub async fn purge(&self, queues: &Queues) -> Result<u32, DeadLetterError> {
-        let _turn = self.turn(&queues.dlq).await;
-        self.with_channel(|channel| async move {
+        self.exclusive(&queues.dlq, |channel, depth| async move {
+            if depth.is_none() {
+                return Ok(0);
+            }
             Ok(channel
                 .queue_purge(
                     ShortString::from(queues.dlq.as_str()),
@@ -200,29 +226,47 @@ impl DeadLetters {
         .await
     }
 
-    async fn turn(&self, queue: &str) -> KeyGuard<'_> {
-        self.turns.lock(queue).await
-    }
-
-    /// Runs `operation` on a fresh channel of a fresh connection, within the time limit.
-    async fn with_channel<T, F, Fut>(&self, operation: F) -> Result<T, DeadLetterError>
+    /// Runs `operation` on a fresh channel of a fresh connection, with the queue's depth
+    /// (`None` when it does not exist yet), within the time limit, while no other operation
+    /// on `dlq` runs: not in this sidecar (a key lock) and not in any other replica (the
+    /// broker's exclusive lock queue, see [`lock_across_replicas`]).
+    async fn exclusive<T, F, Fut>(&self, dlq: &str, operation: F) -> Result<T, DeadLetterError>
     where
-        F: FnOnce(Channel) -> Fut,
+        F: FnOnce(Channel, Option<u32>) -> Fut,
         Fut: std::future::Future<Output = Result<T, DeadLetterError>>,
     {
+        let _turn = self.turns.lock(dlq).await;
         let work = async {
-            let properties = ConnectionProperties::default()
-                .with_connection_name(LongString::from("causeway dead-letter operation"));
-            let connection = Connection::connect(&self.url, properties).await?;
-            let channel = connection.create_channel().await?;
-            let result = operation(channel.clone()).await;
-            // Closing returns anything still unacknowledged to the queue.
-            close_gracefully(&connection, &[Some(&channel)]).await;
+            let connection = self.dialer.dial().await?.connection;
+            let result = async {
+                // Released with the connection, whatever happens below.
+                let _lock = lock_across_replicas(&connection, dlq).await?;
+                let depth = depth(&connection, dlq).await?;
+                let channel = connection.create_channel().await?;
+                operation(channel, depth).await
+            }
+            .await;
+            // Closing returns anything still unacknowledged to the queue, and drops the lock.
+            close_gracefully(&connection, &[]).await;
             result
         };
         timeout(OPERATION_TIMEOUT, work)
             .await
             .map_err(|_| DeadLetterError::Timeout)?
+    }
+}
+
+/// How many messages wait in `queue`, or `None` when it does not exist (yet). The passive
+/// declare runs on a channel of its own, as a missing queue closes the channel.
+async fn depth(connection: &Connection, queue: &str) -> Result<Option<u32>, DeadLetterError> {
+    let probe = connection.create_channel().await?;
+    match queue_depth(&probe, queue).await {
+        Ok(depth) => {
+            let _ = probe.close(200, "done".into()).await;
+            Ok(Some(depth))
+        }
+        Err(error) if soft_error(&error) == Some(NOT_FOUND) => Ok(None),
+        Err(error) => Err(error.into()),
     }
 }
 

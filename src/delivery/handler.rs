@@ -20,6 +20,7 @@ use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 use super::{
     app::AppClient,
     outcome::{AppAnswer, Disposition, Reason, disposition, wait_tier},
+    record::{Recorded, record_done},
     topology::Queues,
 };
 use crate::{
@@ -255,7 +256,7 @@ impl Context {
                 self.move_then_ack(delivery, wait).await;
             }
             Err(error) => {
-                warn!(%error, event_id = %envelope.event_id, "dedup store failed; the event waits");
+                debug!(%error, event_id = %envelope.event_id, "dedup store failed; the event waits");
                 Span::current().record("causeway.outcome", "deferred");
                 self.move_then_ack(delivery, wait).await;
             }
@@ -323,10 +324,11 @@ impl Context {
                         took_ms = started.elapsed().as_millis() as u64,
                         "event delivered"
                     );
-                    if let Err(error) = self.dedup.complete(key, self.retention).await {
-                        // The app has it: acking is right. Without the record a redelivery
-                        // could reach the app again, which the log makes visible.
-                        warn!(%error, event_id = %envelope.event_id, "cannot record the delivery; a redelivery would not be deduplicated");
+                    // Acked only with its record; at shutdown, requeued without it.
+                    let recorded = record_done(&*self.dedup, key, self.retention, stop).await;
+                    if let Recorded::GaveUp(error) = recorded {
+                        event_log!(warn, self, envelope, %error, "the delivery could not be recorded before shutdown; the event goes back to its queue and may reach the app again");
+                        return requeue(delivery).await;
                     }
                     ack(delivery).await;
                     if let Ok(occurred) = humantime::parse_rfc3339(&envelope.occurred_at) {

@@ -7,17 +7,32 @@
 //!                                                ▼  dead-letters it back into the main queue
 //!                                  {service}.{name}.retry.{k}  (quorum, TTL → main queue,
 //!                                                               at-least-once dead-lettering)
-//!                                  {service}.{name}.dlq        (classic; dead letters)
+//!                                  {service}.{name}.dlq        (quorum; dead letters)
 //! ```
+//!
+//! Every queue is a quorum queue, replicated over the cluster's nodes: none is lost with a
+//! node. A dead-letter queue that an earlier version declared as a classic queue is moved
+//! into a quorum queue of the same name the first time the subscription starts.
+
+use std::time::Duration;
 
 use lapin::{
-    Channel,
-    options::{QueueBindOptions, QueueDeclareOptions},
+    BasicProperties, Channel, Connection,
+    options::{
+        BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use super::outcome::wait_tiers;
-use crate::{amqp::text, subscription::Subscription};
+use crate::{
+    amqp::{NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED, soft_error, text},
+    broker::{Backoff, PublishError, publish_confirmed},
+    subscription::Subscription,
+};
 
 /// The queue names of one subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +72,7 @@ impl Queues {
 /// Declares the subscription's queues and binds the main queue to the events exchange.
 ///
 /// Idempotent. Fails (and closes the channel) when a queue already exists with other
-/// arguments, for example after `ordered` changed.
+/// arguments, for example after `ordered` changed. Run [`upgrade_dead_letters`] first.
 pub async fn declare(
     channel: &Channel,
     exchange: &str,
@@ -69,12 +84,7 @@ pub async fn declare(
         main_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
     }
     declare_queue(channel, &queues.main, main_args).await?;
-    // Classic, not quorum: RabbitMQ 3.10 quorum queues put returned messages at the back,
-    // so every listing (read, then return) would reorder the dead letters. A classic queue
-    // returns them to their place.
-    let mut dlq_args = FieldTable::default();
-    dlq_args.insert("x-queue-type".into(), text("classic"));
-    declare_queue(channel, &queues.dlq, dlq_args).await?;
+    declare_queue(channel, &queues.dlq, quorum()).await?;
     for wait in &queues.waits {
         let mut args = quorum();
         args.insert("x-dead-letter-exchange".into(), text(""));
@@ -140,4 +150,199 @@ fn quorum() -> FieldTable {
 /// keys at most 128 + 11: always within an AMQP short string.
 fn name(value: &str) -> ShortString {
     ShortString::from(value)
+}
+
+/// Why moving a classic dead-letter queue into a quorum queue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The broker refused or failed.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    /// A message could not be moved; it stays where it was.
+    #[error("moving a dead letter: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// How long moving one message may take.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes sure the dead-letter queue is a quorum queue. One that an earlier version declared
+/// as a classic queue (the broker refuses the quorum declaration with PRECONDITION_FAILED)
+/// is moved, message by message with confirms, to `{dlq}.upgrading`, deleted, declared
+/// again as a quorum queue, and filled back in order. A move interrupted by a crash is
+/// finished the next time. Replicas take turns through the dead-letter lock.
+pub async fn upgrade_dead_letters(
+    connection: &Connection,
+    queues: &Queues,
+) -> Result<(), UpgradeError> {
+    let probe = connection.create_channel().await?;
+    match declare_queue(&probe, &queues.dlq, quorum()).await {
+        Ok(()) => {
+            let _ = probe.close(200, "declared".into()).await;
+            let holding = holding_queue(&queues.dlq);
+            if exists(connection, &holding).await? {
+                let lock = lock_across_replicas(connection, &queues.dlq).await?;
+                let finished = finish_upgrade(connection, &holding, &queues.dlq).await;
+                lock.release().await;
+                finished?;
+            }
+            Ok(())
+        }
+        Err(error) if soft_error(&error) == Some(PRECONDITION_FAILED) => {
+            let lock = lock_across_replicas(connection, &queues.dlq).await?;
+            let upgraded = upgrade_classic(connection, queues).await;
+            lock.release().await;
+            let moved = upgraded?;
+            info!(queue = %queues.dlq, moved, "dead-letter queue upgraded to a replicated quorum queue");
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Moves a classic dead-letter queue's messages aside, declares it again as a quorum queue
+/// and moves them back; returns how many moved.
+async fn upgrade_classic(connection: &Connection, queues: &Queues) -> Result<u64, UpgradeError> {
+    let holding = holding_queue(&queues.dlq);
+    let channel = confirming_channel(connection).await?;
+    declare_queue(&channel, &holding, quorum()).await?;
+    let moved = move_all(&channel, &queues.dlq, &holding).await?;
+    // The classic queue: `if_empty`, in case an older replica dead-lettered meanwhile.
+    let delete = QueueDeleteOptions {
+        if_empty: true,
+        ..QueueDeleteOptions::default()
+    };
+    channel.queue_delete(name(&queues.dlq), delete).await?;
+    declare_queue(&channel, &queues.dlq, quorum()).await?;
+    let _ = channel.close(200, "upgraded".into()).await;
+    finish_upgrade(connection, &holding, &queues.dlq).await?;
+    Ok(moved)
+}
+
+/// Moves what waits in `holding` to `dlq` and deletes `holding`.
+async fn finish_upgrade(
+    connection: &Connection,
+    holding: &str,
+    dlq: &str,
+) -> Result<(), UpgradeError> {
+    let channel = confirming_channel(connection).await?;
+    let moved = move_all(&channel, holding, dlq).await?;
+    // Only this move, under the lock, puts messages there, and it has just emptied it.
+    // (Quorum queues do not take `if_empty`: the broker closes the connection for it.)
+    channel
+        .queue_delete(name(holding), QueueDeleteOptions::default())
+        .await?;
+    let _ = channel.close(200, "done".into()).await;
+    if moved > 0 {
+        warn!(queue = %dlq, moved, "finished moving dead letters into the quorum dead-letter queue");
+    }
+    Ok(())
+}
+
+fn holding_queue(dlq: &str) -> String {
+    format!("{dlq}.upgrading")
+}
+
+async fn confirming_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Moves every message of `from` to `to` in order, each confirmed before its original is
+/// acked: a failure leaves it in `from`.
+async fn move_all(channel: &Channel, from: &str, to: &str) -> Result<u64, UpgradeError> {
+    let mut moved = 0;
+    while let Some(message) = channel
+        .basic_get(name(from), BasicGetOptions { no_ack: false })
+        .await?
+    {
+        let delivery = message.delivery;
+        let properties: BasicProperties = delivery.properties.clone();
+        publish_confirmed(
+            channel,
+            ShortString::from(""),
+            name(to),
+            &delivery.data,
+            properties,
+            Instant::now() + MOVE_TIMEOUT,
+        )
+        .await?;
+        channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// Whether `queue` exists (a passive declare, on a channel of its own).
+async fn exists(connection: &Connection, queue: &str) -> lapin::Result<bool> {
+    let channel = connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(name(queue), options, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "done".into()).await;
+            Ok(true)
+        }
+        Err(error) if soft_error(&error) == Some(NOT_FOUND) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// The lock on one dead-letter queue's operations, across every replica of the service:
+/// an exclusive queue named `{dlq}.lock`, which only one connection in the whole cluster
+/// can hold, and which the broker deletes when that connection ends, also when its holder
+/// crashes. Released by [`ReplicaLock::release`] or with its connection.
+pub(crate) struct ReplicaLock {
+    channel: Channel,
+    queue: String,
+}
+
+impl ReplicaLock {
+    /// Deletes the lock queue, so that the next replica can take it.
+    pub(crate) async fn release(self) {
+        let deleted = self
+            .channel
+            .queue_delete(name(&self.queue), QueueDeleteOptions::default())
+            .await;
+        if let Err(error) = deleted {
+            warn!(%error, queue = %self.queue, "cannot release the dead-letter lock; it goes with the connection");
+        }
+        let _ = self.channel.close(200, "unlocked".into()).await;
+    }
+}
+
+/// Takes the [`ReplicaLock`] of `dlq`. A replica that finds it held (RESOURCE_LOCKED) waits
+/// and tries again; the caller bounds the wait.
+pub(crate) async fn lock_across_replicas(
+    connection: &Connection,
+    dlq: &str,
+) -> lapin::Result<ReplicaLock> {
+    let queue = format!("{dlq}.lock");
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    loop {
+        let channel = connection.create_channel().await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("classic"));
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel.queue_declare(name(&queue), options, args).await {
+            Ok(_) => return Ok(ReplicaLock { channel, queue }),
+            Err(error) if soft_error(&error) == Some(RESOURCE_LOCKED) => {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }

@@ -7,6 +7,8 @@
 //! on disk. Writes that need not survive a crash on their own ("lazy") ride along with the
 //! next durable commit.
 
+mod writer;
+
 use std::{
     collections::HashMap,
     path::Path,
@@ -14,13 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::sync::lock;
+use crate::{
+    health::{Store, StoreHealth, StoreState},
+    sync::lock,
+};
 
 use super::{
     BoxFuture, Claim, CorrelationMemory, DedupStore, IdempotencyRecord, IdempotencyStore,
@@ -68,8 +71,6 @@ const EXPIRY: TableDefinition<'_, (u64, &str, &str), ()> = TableDefinition::new(
 /// Subscriptions made over the API, by name; the value is the spec as JSON.
 const SUBSCRIPTIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("subscriptions");
 
-/// Most writes committed in one transaction.
-const MAX_BATCH: usize = 512;
 /// Writes waiting for the writer thread; senders wait when it is full.
 const QUEUE: usize = 4096;
 /// How often expired records are removed, and at most how many per pass.
@@ -91,10 +92,42 @@ struct WriteRequest {
     done: Done,
 }
 
+/// The database, or why there is none for now. redb allows one open `Database` per file in
+/// a process, so after an I/O error every handle to the old one must be gone before the
+/// writer thread can open the file again: readers take a handle only for one read.
+enum Slot {
+    Open(Arc<Database>),
+    /// Being reopened after the I/O error given.
+    Broken(String),
+}
+
+/// What the store's handles and its writer thread share.
+struct Shared {
+    slot: Mutex<Slot>,
+    health: StoreHealth,
+}
+
+impl Shared {
+    /// The open database, or `Unavailable` at once while it is being reopened.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        match &*lock(&self.slot) {
+            Slot::Open(db) => Ok(db.clone()),
+            Slot::Broken(reason) => {
+                self.health.count_error();
+                Err(unavailable(reason))
+            }
+        }
+    }
+}
+
 /// The default store: crash-safe, in one file, shared by the parts of one sidecar.
+///
+/// After an I/O error (a full disk), the writer thread closes the file and opens it again,
+/// retrying with backoff until the disk takes writes; meanwhile every read and write fails
+/// at once with [`StoreError::Unavailable`].
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     writes: mpsc::Sender<WriteRequest>,
     /// Dedup claims are leases of this process only: they live in memory, and a crash
     /// releases them, as it should.
@@ -110,38 +143,60 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    /// Opens (or creates) the store in `dir` and starts its writer thread; its health is
+    /// only logged.
     ///
     /// Fails when the directory cannot be created or another process has the file open.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, StoreHealth::detached(Store::Embedded, StoreState::Ok))
+    }
+
+    /// Opens the store like [`open`](Self::open), reporting its health to `health`.
+    pub fn open_with(dir: &Path, health: StoreHealth) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Embedded(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("causeway.redb");
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(embedded)?;
-        for table in Expiring::ALL {
-            txn.open_table(table.table()).map_err(embedded)?;
-        }
-        txn.open_table(EXPIRY).map_err(embedded)?;
-        txn.open_table(SUBSCRIPTIONS).map_err(embedded)?;
-        txn.commit().map_err(embedded)?;
-
-        let db = Arc::new(db);
+        let db = Arc::new(open_database(&path)?);
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::Open(db.clone())),
+            health,
+        });
         let (writes, queue) = mpsc::channel(QUEUE);
-        let writer_db = db.clone();
-        std::thread::Builder::new()
-            .name("causeway-store".into())
-            .spawn(move || write_loop(&writer_db, queue))
-            .map_err(|e| StoreError::Embedded(format!("cannot start the writer thread: {e}")))?;
+        writer::start(shared.clone(), path, db, queue)?;
         Ok(EmbeddedStore {
-            db,
+            shared,
             writes,
             claims: Arc::default(),
             uncommitted_correlations: Arc::default(),
         })
+    }
+
+    /// Runs a read on the open database. An I/O error marks the store failing and has the
+    /// writer thread check the file with a write (which reopens it when that fails too).
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let db = self.shared.database()?;
+        match read(&db) {
+            Ok(value) => Ok(value),
+            Err(error) if is_io(&error) => {
+                let error = unavailable(&error.to_string());
+                self.shared.health.failed(started, &error);
+                let _ = self.writes.try_send(writer::probe());
+                Err(error)
+            }
+            Err(error) => {
+                self.shared.health.count_error();
+                Err(embedded(error))
+            }
+        }
+    }
+
+    /// Fails at once while the database is being reopened.
+    fn check_open(&self) -> Result<(), StoreError> {
+        self.shared.database().map(drop)
     }
 
     /// Runs `job` in a durable write transaction shared with other concurrent writes, and
@@ -159,6 +214,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     {
+        self.check_open()?;
         let (value_tx, value_rx) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
             let value = job(txn)?;
@@ -189,6 +245,10 @@ impl EmbeddedStore {
             match self.write(move |txn| sweep(txn, now)).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::debug!(removed, "expired records removed"),
+                // The store's own state change is logged once, not each minute.
+                Err(error) if error.is_unavailable() => {
+                    tracing::debug!(%error, "sweeping expired records failed");
+                }
                 Err(error) => tracing::warn!(%error, "sweeping expired records failed"),
             }
         }
@@ -196,16 +256,15 @@ impl EmbeddedStore {
 
     /// The data of an unexpired record.
     fn get_expiring(&self, table: Expiring, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let read = || -> Result<Option<Vec<u8>>, redb::Error> {
-            let txn = self.db.begin_read()?;
+        self.read(|db| {
+            let txn = db.begin_read()?;
             let table = txn.open_table(table.table())?;
             let Some(value) = table.get(key)? else {
                 return Ok(None);
             };
             let (expires_at, data) = split_value(value.value());
             Ok((expires_at > now_ms()).then(|| data.to_vec()))
-        };
-        read().map_err(embedded)
+        })
     }
 
     /// Stores a record that expires at `expires_at` (ms since the epoch).
@@ -224,13 +283,18 @@ impl EmbeddedStore {
     /// Remembers the correlation id of an event delivered here, so that events the app
     /// publishes in reaction can inherit it. Lazy: returns once the write is queued, and
     /// the record rides along with the next commit (a crash may forget it; the redelivery
-    /// that follows writes it again). Until then it is answered from memory.
+    /// that follows writes it again). Until then it is answered from memory. While the store
+    /// is unavailable the id is not kept, as a crash would lose it: the failure is counted
+    /// in the store's metrics and its state logged once, not per event.
     pub async fn remember_correlation(
         &self,
         event_id: &str,
         correlation_id: &str,
         retention: Duration,
     ) -> Result<(), StoreError> {
+        if self.check_open().is_err() {
+            return Ok(());
+        }
         let expires_at = expiry_after(retention);
         let job = put_job(
             Expiring::Correlations,
@@ -282,8 +346,8 @@ impl EmbeddedStore {
 
     /// Every API-made subscription: name and spec JSON.
     pub fn subscriptions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let read = || -> Result<Vec<(String, Vec<u8>)>, redb::Error> {
-            let txn = self.db.begin_read()?;
+        self.read(|db| {
+            let txn = db.begin_read()?;
             let table = txn.open_table(SUBSCRIPTIONS)?;
             let mut all = Vec::new();
             for entry in table.iter()? {
@@ -291,8 +355,7 @@ impl EmbeddedStore {
                 all.push((name.value().to_owned(), spec.value().to_vec()));
             }
             Ok(all)
-        };
-        read().map_err(embedded)
+        })
     }
 
     fn claims(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
@@ -405,11 +468,12 @@ impl DedupStore for EmbeddedStore {
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let result = self
-                .put_expiring(Expiring::Delivered, key, &[], expiry_after(retention), true)
-                .await;
+            self.put_expiring(Expiring::Delivered, key, &[], expiry_after(retention), true)
+                .await?;
+            // Only once recorded: until then the delivery still holds the event, and a copy
+            // that arrives meanwhile must wait rather than reach the app again.
             self.claims().remove(key);
-            result
+            Ok(())
         })
     }
 
@@ -433,42 +497,33 @@ fn embedded(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Embedded(error.into().to_string())
 }
 
-/// The writer thread: commits queued writes in batches until every sender is gone.
-fn write_loop(db: &Database, mut queue: mpsc::Receiver<WriteRequest>) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let durable = batch.iter().any(|r| r.durable);
-        let mut jobs = Vec::with_capacity(batch.len());
-        let mut waiters = Vec::with_capacity(batch.len());
-        for request in batch {
-            jobs.push(request.job);
-            waiters.push(request.done);
-        }
-        let outcome = commit(db, jobs, durable).map_err(|e| e.to_string());
-        for done in waiters {
-            done(outcome.clone().map_err(StoreError::Embedded));
-        }
+fn unavailable(reason: &str) -> StoreError {
+    StoreError::Unavailable {
+        store: Store::Embedded.name(),
+        reason: reason.to_owned(),
     }
 }
 
-/// Runs every job in one transaction; any failure aborts them all.
-fn commit(db: &Database, jobs: Vec<Job>, durable: bool) -> Result<(), redb::Error> {
-    let mut txn = db.begin_write()?;
-    if !durable {
-        txn.set_durability(Durability::None)
-            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+/// Whether `error` comes from the file's I/O: after one, redb refuses every write until the
+/// database is opened again.
+fn is_io(error: &redb::Error) -> bool {
+    matches!(error, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// Opens (or creates) the database file and its tables.
+fn open_database(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| StoreError::Embedded(format!("cannot open {}: {e}", path.display())))?;
+    let txn = db.begin_write().map_err(embedded)?;
+    for table in Expiring::ALL {
+        txn.open_table(table.table()).map_err(embedded)?;
     }
-    for job in jobs {
-        job(&txn)?;
-    }
-    txn.commit()?;
-    Ok(())
+    txn.open_table(EXPIRY).map_err(embedded)?;
+    txn.open_table(SUBSCRIPTIONS).map_err(embedded)?;
+    txn.commit().map_err(embedded)?;
+    Ok(db)
 }
 
 /// Removes records whose expiry has passed; returns how many.

@@ -15,6 +15,17 @@ pub enum RegistryError {
     /// Config-file subscriptions change only with the file.
     #[error("subscription {0} is defined in the config file; change it there")]
     ConfigOwned(String),
+    /// The change needs the subscription's queue to be declared with other arguments, which
+    /// the broker cannot do in place.
+    #[error(
+        "subscription {name}: {field} cannot change on an existing subscription (its queue keeps the arguments it was declared with)"
+    )]
+    NotInPlace {
+        /// The subscription.
+        name: String,
+        /// The field that cannot change.
+        field: &'static str,
+    },
     /// The store failed; nothing changed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -84,6 +95,14 @@ impl Registry {
         let existing = entries.get(&subscription.name);
         if matches!(existing, Some((_, Origin::Config))) {
             return Err(RegistryError::ConfigOwned(subscription.name));
+        }
+        if let Some((current, _)) = existing
+            && current.spec.ordered != subscription.spec.ordered
+        {
+            return Err(RegistryError::NotInPlace {
+                name: subscription.name,
+                field: "ordered",
+            });
         }
         let created = existing.is_none();
         let json = serde_json::to_vec(&subscription.spec).map_err(StoreError::from)?;

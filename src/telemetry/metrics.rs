@@ -41,6 +41,15 @@ struct SubscriptionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    subscription: String,
+    state: &'static str,
+}
+
+/// The states a subscription's consumer can be in, as `causeway_subscription_state` names them.
+pub const SUBSCRIPTION_STATES: [&str; 3] = ["starting", "consuming", "failed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -48,6 +57,11 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     connection: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: &'static str,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -96,9 +110,12 @@ pub struct Metrics {
     end_to_end_seconds: Histograms<SubscriptionLabels>,
     queue_depth: Family<SubscriptionLabels, Gauge>,
     dead_letter_depth: Family<SubscriptionLabels, Gauge>,
+    subscription_state: Family<StateLabels, Gauge>,
     in_flight: Family<KindLabels, Gauge>,
     broker_connected: Family<ConnectionLabels, Gauge>,
     unrouted: Gauge,
+    store_errors: Family<StoreLabels, Counter>,
+    store_up: Family<StoreLabels, Gauge>,
     event_types: Mutex<HashSet<String>>,
 }
 
@@ -124,9 +141,12 @@ impl Default for Metrics {
             Family::new_with_constructor(end_to_end);
         let queue_depth = Family::<SubscriptionLabels, Gauge>::default();
         let dead_letter_depth = Family::<SubscriptionLabels, Gauge>::default();
+        let subscription_state = Family::<StateLabels, Gauge>::default();
         let in_flight = Family::<KindLabels, Gauge>::default();
         let broker_connected = Family::<ConnectionLabels, Gauge>::default();
         let unrouted = Gauge::default();
+        let store_errors = Family::<StoreLabels, Counter>::default();
+        let store_up = Family::<StoreLabels, Gauge>::default();
         registry.register(
             "causeway_publishes",
             "Publish requests by event type and outcome (accepted, rejected, unavailable, timeout, error)",
@@ -163,6 +183,11 @@ impl Default for Metrics {
             dead_letter_depth.clone(),
         );
         registry.register(
+            "causeway_subscription_state",
+            "1 for the state each subscription's consumer is in (starting, consuming, failed), 0 for the others",
+            subscription_state.clone(),
+        );
+        registry.register(
             "causeway_in_flight",
             "Publishes under way (waiting for an in-flight slot or a confirm), and deliveries under way",
             in_flight.clone(),
@@ -176,6 +201,16 @@ impl Default for Metrics {
             "causeway_unrouted_events",
             "Events waiting in the unrouted queue: published with no subscription bound",
             unrouted.clone(),
+        );
+        registry.register(
+            "causeway_store_errors",
+            "Store operations that failed, by store (embedded, redis)",
+            store_errors.clone(),
+        );
+        registry.register(
+            "causeway_store_up",
+            "1 while the store (embedded, redis) works, 0 while it fails",
+            store_up.clone(),
         );
         // Both connections start down, so that a sidecar that never connects is visible.
         for connection in ["publish", "consume"] {
@@ -192,9 +227,12 @@ impl Default for Metrics {
             end_to_end_seconds,
             queue_depth,
             dead_letter_depth,
+            subscription_state,
             in_flight,
             broker_connected,
             unrouted,
+            store_errors,
+            store_up,
             event_types: Mutex::default(),
         }
     }
@@ -273,6 +311,28 @@ impl Metrics {
         self.dead_letter_depth.remove(&labels);
     }
 
+    /// Sets the state of a subscription's consumer: 1 for `state`, 0 for the others.
+    pub fn subscription_state(&self, subscription: &str, state: &'static str) {
+        for name in SUBSCRIPTION_STATES {
+            self.subscription_state
+                .get_or_create(&StateLabels {
+                    subscription: subscription.to_owned(),
+                    state: name,
+                })
+                .set(i64::from(name == state));
+        }
+    }
+
+    /// Drops the state gauges of a subscription that is no longer wanted.
+    pub fn forget_subscription_state(&self, subscription: &str) {
+        for state in SUBSCRIPTION_STATES {
+            self.subscription_state.remove(&StateLabels {
+                subscription: subscription.to_owned(),
+                state,
+            });
+        }
+    }
+
     /// A guard counting one publish (or delivery) in flight while it lives.
     pub fn in_flight(&self, kind: &'static str) -> InFlight {
         let gauge = self.in_flight.get_or_create(&KindLabels { kind }).clone();
@@ -294,6 +354,22 @@ impl Metrics {
     /// Sets the unrouted queue's depth.
     pub fn unrouted(&self, depth: u64) {
         self.unrouted.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a store operation that failed; `store` is `embedded` or `redis`.
+    pub fn store_error(&self, store: &'static str) {
+        self.store_errors
+            .get_or_create(&StoreLabels { store })
+            .inc();
+    }
+
+    /// Sets whether a store (`embedded` or `redis`) works; its error counter shows from then
+    /// on, at 0 until the first error.
+    pub fn store_up(&self, store: &'static str, up: bool) {
+        let _ = self.store_errors.get_or_create(&StoreLabels { store });
+        self.store_up
+            .get_or_create(&StoreLabels { store })
+            .set(i64::from(up));
     }
 
     fn event_type_label(&self, event_type: &str) -> String {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::health::{Store, StoreHealth, StoreState};
 use uuid::Uuid;
 
 fn record(expires_at_ms: u64) -> IdempotencyRecord {
@@ -175,4 +176,57 @@ async fn concurrent_writes_all_land() {
     for i in 0..200 {
         assert!(store.get_key(&format!("key-{i}")).await.unwrap().is_some());
     }
+}
+
+#[tokio::test]
+async fn after_an_io_error_the_store_fails_fast_then_opens_the_file_again() {
+    let dir = TempDir::new();
+    let health = StoreHealth::detached(Store::Embedded, StoreState::Ok);
+    let store = EmbeddedStore::open_with(&dir.0, health.clone()).unwrap();
+    let lease = Duration::from_secs(30);
+    store.complete("s/before", lease).await.unwrap();
+    assert_eq!(store.claim("s/held", lease).await.unwrap(), Claim::Acquired);
+    // A reader's handle keeps the broken file open, so the store stays broken until it
+    // is dropped.
+    let reader = store.shared.database().unwrap();
+
+    let failed = store
+        .write(|_| -> Result<(), redb::Error> {
+            Err(redb::Error::Io(std::io::Error::other(
+                "No space left on device",
+            )))
+        })
+        .await
+        .unwrap_err();
+    assert!(failed.is_unavailable(), "{failed}");
+    assert!(
+        matches!(health.state(), StoreState::Failing { ref reason } if reason.contains("No space left")),
+        "{:?}",
+        health.state()
+    );
+    for error in [
+        store.claim("s/other", lease).await.unwrap_err(),
+        store.complete("s/held", lease).await.unwrap_err(),
+        store
+            .put_key("k", record(now_ms() + 60_000))
+            .await
+            .unwrap_err(),
+        store.subscriptions().unwrap_err(),
+    ] {
+        assert!(error.is_unavailable(), "{error}");
+        assert!(error.to_string().contains("No space left"), "{error}");
+    }
+
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.put_key("k", record(now_ms() + 60_000)).await.is_err() {
+        assert!(Instant::now() < deadline, "the store was not opened again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health.state(), StoreState::Ok);
+    assert_eq!(store.claim("s/before", lease).await.unwrap(), Claim::Done);
+    // The failed record kept its claim: a copy arriving meanwhile waits.
+    assert_eq!(store.claim("s/held", lease).await.unwrap(), Claim::Busy);
+    store.complete("s/held", lease).await.unwrap();
+    assert_eq!(store.claim("s/held", lease).await.unwrap(), Claim::Done);
 }

@@ -1,0 +1,210 @@
+//! The writer thread: commits queued writes in batches, and after an I/O error closes the
+//! file and opens it again, with backoff, until the disk takes writes again.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use redb::{Database, Durability};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tracing::debug;
+
+use super::{Job, Shared, Slot, StoreError, WriteRequest, is_io, open_database};
+use crate::sync::lock;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// The first wait before opening the file again after an I/O error; it doubles up to
+/// `REOPEN_MAX` while opening fails.
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+const REOPEN_MAX: Duration = Duration::from_secs(2);
+/// How often writes that arrive while the store is being reopened are failed.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Starts the writer thread over `db`, the database in `shared`'s slot, opened from `path`.
+pub(super) fn start(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    db: Arc<Database>,
+    queue: mpsc::Receiver<WriteRequest>,
+) -> Result<(), StoreError> {
+    let writer = Writer {
+        shared,
+        path,
+        queue,
+    };
+    std::thread::Builder::new()
+        .name("causeway-store".into())
+        .spawn(move || writer.run(db))
+        .map(drop)
+        .map_err(|e| StoreError::Embedded(format!("cannot start the writer thread: {e}")))
+}
+
+/// A durable write that changes nothing: it tells whether the file takes writes.
+pub(super) fn probe() -> WriteRequest {
+    WriteRequest {
+        job: Box::new(|_| Ok(())),
+        durable: true,
+        done: Box::new(|_| {}),
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    path: PathBuf,
+    queue: mpsc::Receiver<WriteRequest>,
+}
+
+impl Writer {
+    /// Commits until every sender is gone.
+    fn run(mut self, mut db: Arc<Database>) {
+        while let Some(first) = self.queue.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let durable = batch.iter().any(|r| r.durable);
+            let mut jobs = Vec::with_capacity(batch.len());
+            let mut waiters = Vec::with_capacity(batch.len());
+            for request in batch {
+                jobs.push(request.job);
+                waiters.push(request.done);
+            }
+            let started = Instant::now();
+            let health = &self.shared.health;
+            match commit(&db, jobs, durable) {
+                Ok(()) => {
+                    health.succeeded(started);
+                    for done in waiters {
+                        done(Ok(()));
+                    }
+                }
+                Err(error) if is_io(&error) => {
+                    let reason = error.to_string();
+                    // Broken before anyone hears of it, so that their next call fails fast.
+                    *lock(&self.shared.slot) = Slot::Broken(reason.clone());
+                    health.failed(started, &reason);
+                    for done in waiters {
+                        done(Err(super::unavailable(&reason)));
+                    }
+                    match self.reopen(db, reason) {
+                        Some(reopened) => db = reopened,
+                        None => return,
+                    }
+                }
+                Err(error) => {
+                    health.count_error();
+                    let error = error.to_string();
+                    for done in waiters {
+                        done(Err(StoreError::Embedded(error.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the database after an I/O error (`reason`) and opens it again, waiting longer
+    /// after each failed try; writes that arrive meanwhile fail at once. `None` when every
+    /// sender is gone.
+    fn reopen(&mut self, db: Arc<Database>, reason: String) -> Option<Arc<Database>> {
+        self.close(db, &reason)?;
+        let mut delay = REOPEN_FIRST;
+        loop {
+            self.fail_queued_for(delay, &reason)?;
+            let started = Instant::now();
+            match open_database(&self.path) {
+                Ok(db) => {
+                    let db = Arc::new(db);
+                    *lock(&self.shared.slot) = Slot::Open(db.clone());
+                    self.shared.health.succeeded(started);
+                    return Some(db);
+                }
+                Err(error) => {
+                    debug!(%error, retry_ms = delay.as_millis() as u64, "the store cannot be opened yet");
+                    delay = next_delay(delay);
+                }
+            }
+        }
+    }
+
+    /// Drops the last handle to `db`, once readers have let go of theirs (each read is
+    /// short); `None` when every sender is gone meanwhile.
+    fn close(&mut self, mut db: Arc<Database>, reason: &str) -> Option<()> {
+        loop {
+            match Arc::try_unwrap(db) {
+                Ok(db) => {
+                    if let Err(error) = db.close() {
+                        debug!(%error, "closing the store after an I/O error failed");
+                    }
+                    return Some(());
+                }
+                Err(shared) => {
+                    db = shared;
+                    self.fail_queued_for(Duration::from_millis(1), reason)?;
+                }
+            }
+        }
+    }
+
+    /// Fails every write that arrives within `wait`; `None` when every sender is gone.
+    fn fail_queued_for(&mut self, wait: Duration, reason: &str) -> Option<()> {
+        let until = Instant::now() + wait;
+        loop {
+            loop {
+                match self.queue.try_recv() {
+                    Ok(request) => {
+                        self.shared.health.count_error();
+                        (request.done)(Err(super::unavailable(reason)));
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return None,
+                }
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Some(());
+            }
+            std::thread::sleep(left.min(POLL));
+        }
+    }
+}
+
+/// The wait after `delay` before the next try to open the file.
+fn next_delay(delay: Duration) -> Duration {
+    delay.saturating_mul(2).min(REOPEN_MAX)
+}
+
+/// Runs every job in one transaction; any failure aborts them all.
+fn commit(db: &Database, jobs: Vec<Job>, durable: bool) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(Durability::None)
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    }
+    for job in jobs {
+        job(&txn)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_waits_double_up_to_two_seconds() {
+        let mut delay = REOPEN_FIRST;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            waits.push(delay.as_millis());
+            delay = next_delay(delay);
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000]);
+    }
+}

@@ -1,0 +1,402 @@
+//! One subscription's trouble stays its own: a queue the broker will not declare, a change
+//! that cannot be made in place, dead-letter queues left by an earlier version, and
+//! dead-letter operations from two replicas at once.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use common::{Broker, Settings, Sidecar, app::TestApp};
+use lapin::{
+    BasicProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde_json::{Value, json};
+
+const ARRIVES: Duration = Duration::from_secs(15);
+
+fn quorum_args(single_active: bool) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    if single_active {
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
+    args
+}
+
+/// Whether `queue` is a quorum queue: a non-passive declare with quorum arguments is
+/// refused (and closes its channel) for a queue of another type.
+async fn is_quorum(broker: &Broker, queue: &str) -> bool {
+    let channel = broker.connection.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum_args(false),
+        )
+        .await;
+    declared.is_ok()
+}
+
+fn log_count(sidecar: &Sidecar, message: &str) -> usize {
+    sidecar
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|json| json["message"] == message)
+        .count()
+}
+
+async fn subscription_state(sidecar: &Sidecar, name: &str) -> Value {
+    sidecar
+        .call("GET", &format!("/v1/subscriptions/{name}"), None)
+        .await
+        .body
+}
+
+#[tokio::test]
+async fn a_subscription_the_broker_refuses_fails_alone_and_recovers_once_fixed() {
+    let app = TestApp::start().await;
+    let sidecar = Settings::new()
+        .app(&app.url)
+        .config_file(
+            "[[subscriptions]]\nname = \"healthy\"\nevent_type = \"OrderPlaced\"\nroute = \"/healthy\"\n",
+        )
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+
+    // An ordered change of an existing subscription cannot be made in place: a 409 that
+    // says what to do, and nothing changes.
+    let spec = json!({"event_type": "OrderShipped", "route": "/changing"});
+    let created = sidecar
+        .call("PUT", "/v1/subscriptions/changing", Some(spec.clone()))
+        .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    let mut ordered = spec.clone();
+    ordered["ordered"] = json!(true);
+    let refused = sidecar
+        .call("PUT", "/v1/subscriptions/changing", Some(ordered))
+        .await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(
+        refused.headers["content-type"], "application/problem+json",
+        "{refused:?}"
+    );
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("ordered") && detail.contains("new name"),
+        "{detail}"
+    );
+    assert_eq!(
+        subscription_state(&sidecar, "changing").await["ordered"],
+        false
+    );
+
+    // A queue that exists with other arguments (another replica or an earlier config made
+    // it ordered): the broker refuses the declaration.
+    let broken_queue = sidecar.queue("broken");
+    broker
+        .channel
+        .queue_declare(
+            broken_queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum_args(true),
+        )
+        .await
+        .unwrap();
+    let put = sidecar
+        .call(
+            "PUT",
+            "/v1/subscriptions/broken",
+            Some(json!({"event_type": "OrderPaid", "route": "/broken"})),
+        )
+        .await;
+    assert_eq!(put.status, 201, "{put:?}");
+    assert_eq!(put.body["state"], "failed", "{put:?}");
+    let reason = put.body["error"].as_str().unwrap();
+    assert!(reason.contains("PRECONDITION_FAILED"), "{reason}");
+
+    // The others go on while it is retried: events published now arrive.
+    let failed_at = Instant::now();
+    let mut sent = 0;
+    while failed_at.elapsed() < Duration::from_secs(4) {
+        let answer = sidecar
+            .publish("OrderPlaced", &format!("{{\"n\":{sent}}}"), &[])
+            .await;
+        assert_eq!(answer.status, 202, "{answer:?}");
+        sent += 1;
+        app.wait_for("/healthy", sent, ARRIVES).await;
+    }
+    assert_eq!(sidecar.readyz().await, 503);
+    let ready = sidecar
+        .http
+        .get(format!("{}/readyz", sidecar.admin))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(ready["subscriptions"]["broken"], "failed", "{ready}");
+    assert_eq!(ready["subscriptions"]["healthy"], "consuming", "{ready}");
+    let metrics = sidecar
+        .http
+        .get(format!("{}/metrics", sidecar.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"causeway_subscription_state{subscription="broken",state="failed"} 1"#),
+        "{metrics}"
+    );
+    // Retried several times in those seconds, logged once; the connection stayed up.
+    assert_eq!(
+        log_count(&sidecar, "subscription failed; retrying with backoff"),
+        1
+    );
+    assert_eq!(log_count(&sidecar, "broker connection lost"), 0);
+    assert_eq!(log_count(&sidecar, "connected to the broker"), 2);
+
+    // Fixed at the broker: it recovers by itself.
+    broker.delete_queue(&broken_queue).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while subscription_state(&sidecar, "broken").await["state"] != "consuming" {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sidecar.publish("OrderPaid", "{}", &[]).await;
+    app.wait_for("/broken", 1, ARRIVES).await;
+    println!(
+        "fault-suite: bad-subscription events={sent} lost=0 duplicates={} connections_lost=0",
+        app.received("/healthy").len() - sent
+    );
+
+    for name in ["healthy", "changing", "broken"] {
+        sidecar.cleanup_subscription(&broker, name).await;
+    }
+    sidecar.cleanup(&broker).await;
+}
+
+#[tokio::test]
+async fn a_classic_dead_letter_queue_of_an_earlier_version_becomes_a_quorum_queue_with_its_letters()
+{
+    let app = TestApp::start().await;
+    let settings = Settings::new().app(&app.url).config_file(
+        "[[subscriptions]]\nname = \"old\"\nevent_type = \"OrderPlaced\"\nroute = \"/old\"\n",
+    );
+    let service = settings.get("CAUSEWAY_SERVICE").to_owned();
+    let dlq = format!("{service}.old.dlq");
+    let broker = Broker::connect().await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    broker
+        .channel
+        .queue_declare(
+            dlq.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..3).map(|n| format!("old-letter-{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-causeway-reason".into(),
+            AMQPValue::LongString(LongString::from("rejected")),
+        );
+        headers.insert(
+            "x-causeway-dead-lettered-at".into(),
+            AMQPValue::LongString(LongString::from(format!("2026-01-01T00:00:0{n}.000000Z"))),
+        );
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from(id.as_str()))
+            .with_headers(headers);
+        broker.inject(&dlq, b"{}", properties).await;
+    }
+
+    let sidecar = settings.start();
+    sidecar.wait_ready().await;
+
+    assert!(
+        is_quorum(&broker, &dlq).await,
+        "{dlq} is not a quorum queue"
+    );
+    let listed = sidecar.dead_letters("old").await;
+    let listed_ids: Vec<&str> = listed["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed_ids, ids, "{listed}");
+    assert_eq!(listed["dead_letters"][0]["reason"], "rejected");
+    sidecar
+        .wait_for_log(
+            "dead-letter queue upgraded to a replicated quorum queue",
+            Duration::from_secs(1),
+        )
+        .await;
+
+    sidecar.cleanup_subscription(&broker, "old").await;
+    sidecar.cleanup(&broker).await;
+}
+
+#[tokio::test]
+async fn two_replicas_working_one_dead_letter_queue_at_once_lose_and_reorder_nothing() {
+    let app = TestApp::start().await;
+    app.always("/dl", 422);
+    let first = Settings::new().app(&app.url).config_file(
+        "[[subscriptions]]\nname = \"dl\"\nevent_type = \"OrderPlaced\"\nroute = \"/dl\"\nconcurrency = 1\n",
+    );
+    let second_settings = first.again().set(
+        "CAUSEWAY_DATA_DIR",
+        std::env::temp_dir()
+            .join(common::unique("causeway-test-replica"))
+            .to_str()
+            .unwrap(),
+    );
+    let first = first.start();
+    let second = second_settings.start();
+    first.wait_ready().await;
+    second.wait_ready().await;
+    let broker = Broker::connect().await;
+    let mut ids = Vec::new();
+    for n in 0..25 {
+        let answer = first
+            .publish("OrderPlaced", &format!("{{\"n\":{n}}}"), &[])
+            .await;
+        ids.push(answer.body["event_id"].as_str().unwrap().to_owned());
+    }
+    first.wait_dead_letters("dl", 25, ARRIVES).await;
+    let listed_ids = |listed: &Value| -> Vec<String> {
+        listed["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expected = listed_ids(&first.dead_letters("dl").await);
+    assert_eq!(
+        expected.iter().collect::<HashSet<_>>(),
+        ids.iter().collect::<HashSet<_>>()
+    );
+
+    // Both replicas list at the same time, over and over: every listing is whole and in
+    // the same order.
+    let mut listings = Vec::new();
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(first.dead_letters("dl"), second.dead_letters("dl"));
+        listings.push(a);
+        listings.push(b);
+    }
+    for listing in &listings {
+        assert_eq!(listing["total"], 25, "{listing}");
+        assert_eq!(listed_ids(listing), expected);
+    }
+
+    // One replica replays ten while the other lists: none is missed.
+    app.always("/dl", 200);
+    let chosen: Vec<String> = expected[5..15].to_vec();
+    let (replayed, listed) = tokio::join!(
+        first.call(
+            "POST",
+            "/v1/subscriptions/dl/dead-letters/replay",
+            Some(json!({ "event_ids": chosen })),
+        ),
+        second.dead_letters("dl"),
+    );
+    assert_eq!(replayed.status, 200, "{replayed:?}");
+    assert_eq!(replayed.body["replayed"], 10, "{replayed:?}");
+    assert_eq!(replayed.body["not_found"], json!([]), "{replayed:?}");
+    let total = listed["total"].as_u64().unwrap();
+    assert!(total == 25 || total == 15, "a partial listing: {listed}");
+    let after = first.dead_letters("dl").await;
+    let rest: Vec<String> = expected
+        .iter()
+        .filter(|id| !chosen.contains(id))
+        .cloned()
+        .collect();
+    assert_eq!(listed_ids(&after), rest);
+    app.wait_for("/dl", 25 + 10, ARRIVES).await;
+
+    first.cleanup_subscription(&broker, "dl").await;
+    first.cleanup(&broker).await;
+}
+
+#[tokio::test]
+async fn dead_letter_operations_before_the_queues_exist_answer_empty() {
+    let sidecar = Settings::new().start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let queue = sidecar.queue("early");
+    // Refused by the broker, so its queues are never declared.
+    broker
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum_args(true),
+        )
+        .await
+        .unwrap();
+    let put = sidecar
+        .call(
+            "PUT",
+            "/v1/subscriptions/early",
+            Some(json!({"event_type": "OrderPlaced", "route": "/early"})),
+        )
+        .await;
+    assert_eq!(put.body["state"], "failed", "{put:?}");
+
+    let listed = sidecar.dead_letters("early").await;
+    assert_eq!(listed["total"], 0, "{listed}");
+    assert_eq!(listed["dead_letters"], json!([]));
+    let replayed = sidecar
+        .call(
+            "POST",
+            "/v1/subscriptions/early/dead-letters/replay",
+            Some(json!({"event_ids": ["x"]})),
+        )
+        .await;
+    assert_eq!(replayed.status, 200, "{replayed:?}");
+    assert_eq!(replayed.body, json!({"replayed": 0, "not_found": ["x"]}));
+    let purged = sidecar
+        .call("DELETE", "/v1/subscriptions/early/dead-letters", None)
+        .await;
+    assert_eq!(purged.body, json!({"purged": 0}), "{purged:?}");
+
+    sidecar.cleanup_subscription(&broker, "early").await;
+    sidecar.cleanup(&broker).await;
+}
