@@ -105,6 +105,17 @@ async fn wait_delivered(app: &TestApp, route: &str, seen: usize, more: usize, wi
     app.wait_for(route, seen + more, within).await;
 }
 
+/// Prints the sidecar's log when the test fails while it is held.
+struct LogsOnFailure<'a>(&'a Sidecar);
+
+impl Drop for LogsOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("sidecar log:\n{}", self.0.logs().join("\n"));
+        }
+    }
+}
+
 fn publisher_name(sidecar: &Sidecar) -> String {
     format!("causeway {} publisher", sidecar.service())
 }
@@ -113,28 +124,101 @@ fn consumer_name(sidecar: &Sidecar) -> String {
     format!("causeway {} consumer", sidecar.service())
 }
 
+/// Which node a kill scenario kills.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    /// The node that leads the subscription's queue, while the sidecar publishes through
+    /// another node: the queue elects a new leader, the publishing connection stays.
+    QueueLeader,
+    /// The node the sidecar publishes through, which also leads the queue: the publishing
+    /// connection and the queue's leader go at the same instant.
+    PublisherNode,
+}
+
+impl Victim {
+    fn scenario(self) -> &'static str {
+        match self {
+            Victim::QueueLeader => "kill-queue-leader",
+            Victim::PublisherNode => "kill-publisher-node",
+        }
+    }
+
+    /// Whether the sidecar's placement is the one this scenario needs.
+    fn placed(self, publisher: u8, leader: u8) -> bool {
+        match self {
+            Victim::QueueLeader => publisher != leader,
+            Victim::PublisherNode => publisher == leader,
+        }
+    }
+}
+
+/// The node the sidecar's publishing connection is on, ignoring the broker's connections in
+/// `gone` (those of an earlier process, which the management API may still list a moment).
+async fn publisher_node(cluster: &Cluster, sidecar: &Sidecar, gone: &[String]) -> (String, u8) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found: Vec<(String, u8)> = cluster
+            .connections_named(&publisher_name(sidecar))
+            .await
+            .into_iter()
+            .filter(|(name, _)| !gone.contains(name))
+            .collect();
+        if let [found] = found.as_slice() {
+            return found.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single publishing connection: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A sidecar on every node's URL whose publishing connection is where `victim` needs it.
+/// The sidecar shuffles its address list at every start, so it is started again (same data
+/// directory and queues) until it lands there.
+async fn placed_sidecar(cluster: &Cluster, app: &TestApp, victim: Victim) -> (Sidecar, u8) {
+    let mut sidecar = sidecar(app, &Cluster::urls(), SUBSCRIPTIONS).await;
+    let queue = sidecar.queue(STREAM);
+    let mut gone = Vec::new();
+    for _ in 0..20 {
+        let leader = cluster.queue_leader(&queue, Duration::from_secs(10)).await;
+        let (connection, publisher) = publisher_node(cluster, &sidecar, &gone).await;
+        if victim.placed(publisher, leader) {
+            return (sidecar, leader);
+        }
+        gone.push(connection);
+        sidecar.settings.keep_data = true;
+        let settings = sidecar.settings.again();
+        drop(sidecar);
+        sidecar = settings.start();
+        sidecar.wait_ready().await;
+    }
+    panic!("the sidecar never published through the node {victim:?} needs");
+}
+
 /// A node kill during a stream: publishing and delivery go on through the other nodes, and a
 /// dead letter made before the kill is listed, unchanged, while the node is down.
-async fn kill_during_a_stream(
-    cluster: &Cluster,
-    scenario: &str,
-    victim: impl AsyncFnOnce(&Sidecar) -> u8,
-) -> Summary {
+async fn kill_during_a_stream(cluster: &Cluster, victim: Victim) -> Summary {
     let app = TestApp::start().await;
     app.always(DOOMED_ROUTE, 422);
-    let sidecar = sidecar(&app, &Cluster::urls(), SUBSCRIPTIONS).await;
+    let (sidecar, leader) = placed_sidecar(cluster, &app, victim).await;
+    let logs = LogsOnFailure(&sidecar);
     let dead_letter = make_dead_letter(&sidecar).await;
     let stream = Stream::start(
         &sidecar.api,
-        StreamOptions::new(scenario, "Tick", STREAM_FOR),
+        StreamOptions::new(victim.scenario(), "Tick", STREAM_FOR),
     );
     stream.wait_accepted(50, Duration::from_secs(15)).await;
 
-    let node = victim(&sidecar).await;
+    let node = match victim {
+        Victim::QueueLeader => leader,
+        Victim::PublisherNode => publisher_node(cluster, &sidecar, &[]).await.1,
+    };
     cluster.kill(node).await;
+    let killed = Instant::now();
     let seen = app.received(STREAM_ROUTE).len();
-    stream.wait_more_accepted(50, RECOVERS).await;
-    wait_delivered(&app, STREAM_ROUTE, seen, 50, RECOVERS).await;
+    // While the node is down: the dead letter is still listed, publishing and delivery go on.
     wait_listed(
         &sidecar,
         DOOMED,
@@ -142,14 +226,19 @@ async fn kill_during_a_stream(
         RECOVERS,
     )
     .await;
+    stream.wait_more_accepted(50, RECOVERS).await;
+    wait_delivered(&app, STREAM_ROUTE, seen, 50, RECOVERS).await;
     cluster.restart(node).await;
 
-    let summary = stream
-        .finish()
-        .await
-        .verify(&app, &Verify::route(STREAM_ROUTE))
-        .await;
+    let published = stream.finish().await;
+    let summary = published.verify(&app, &Verify::route(STREAM_ROUTE)).await;
+    println!(
+        "fault-suite: scenario={} killed_node={node} first_202_after_kill_ms={}",
+        victim.scenario(),
+        published.first_accepted_after(killed).unwrap().as_millis()
+    );
     wait_listed(&sidecar, DOOMED, &[dead_letter], RECOVERS).await;
+    drop(logs);
     clean_up(cluster, sidecar, &[STREAM, DOOMED]).await;
     summary
 }
@@ -157,24 +246,14 @@ async fn kill_during_a_stream(
 #[tokio::test]
 async fn killing_the_node_that_leads_the_queue_loses_no_event() {
     let cluster = Cluster::take().await;
-    let summary = kill_during_a_stream(&cluster, "kill-queue-leader", async |sidecar| {
-        cluster
-            .queue_leader(&sidecar.queue(STREAM), Duration::from_secs(10))
-            .await
-    })
-    .await;
+    let summary = kill_during_a_stream(&cluster, Victim::QueueLeader).await;
     assert!(summary.accepted > 100, "{}", summary.line());
 }
 
 #[tokio::test]
 async fn killing_the_node_the_sidecar_publishes_through_fails_over() {
     let cluster = Cluster::take().await;
-    let summary = kill_during_a_stream(&cluster, "kill-publisher-node", async |sidecar| {
-        cluster
-            .connection_node(&publisher_name(sidecar), Duration::from_secs(10))
-            .await
-    })
-    .await;
+    let summary = kill_during_a_stream(&cluster, Victim::PublisherNode).await;
     assert!(summary.accepted > 100, "{}", summary.line());
 }
 
@@ -252,14 +331,13 @@ backoff_max_ms = 15000
     cluster.stop_all_apps().await;
     let down_for = stopped.elapsed();
     cluster.start_all().await;
+    let started = Instant::now();
     let restart_took = stopped.elapsed();
     stream.wait_more_accepted(50, RECOVERS).await;
 
-    let summary = stream
-        .finish()
-        .await
-        .verify(&app, &Verify::route(STREAM_ROUTE))
-        .await;
+    let published = stream.finish().await;
+    let summary = published.verify(&app, &Verify::route(STREAM_ROUTE)).await;
+    let first_202 = published.first_accepted_after(started).unwrap();
     // Every backlog event arrives, once.
     let received = app
         .wait_for("/backlog", backlog.len(), Duration::from_secs(60))
@@ -293,10 +371,12 @@ backoff_max_ms = 15000
     }
     println!(
         "fault-suite: scenario=broker-restart backlog_main={main_waiting} \
-         backlog_wait_queue={retry_waiting} backlog_events={} stop_ms={} restart_ms={}",
+         backlog_wait_queue={retry_waiting} backlog_events={} stop_ms={} restart_ms={} \
+         first_202_after_start_ms={}",
         backlog.len() + retried.len(),
         down_for.as_millis(),
-        restart_took.as_millis()
+        restart_took.as_millis(),
+        first_202.as_millis()
     );
     assert!(
         summary.answers_503 > 0,
@@ -396,16 +476,13 @@ async fn a_memory_alarm_answers_503_quickly_and_publishing_resumes() {
     cluster.clear_memory_alarm(2).await;
     let cleared = Instant::now();
     stream.wait_more_accepted(25, RECOVERS).await;
-    let resumed_in = cleared.elapsed();
 
-    let summary = stream
-        .finish()
-        .await
-        .verify(&app, &Verify::route(STREAM_ROUTE))
-        .await;
+    let published = stream.finish().await;
+    let summary = published.verify(&app, &Verify::route(STREAM_ROUTE)).await;
+    let resumed_in = published.first_accepted_after(cleared).unwrap();
     println!(
         "fault-suite: scenario=memory-alarm refused_after_ms={} answered_503_in_ms={} \
-         resumed_ms={}",
+         first_202_after_clear_ms={}",
         refused_after.as_millis(),
         answered_in.as_millis(),
         resumed_in.as_millis()

@@ -66,7 +66,7 @@ impl Cluster {
             }
         };
         script(&["start"]).await;
-        Cluster {
+        let cluster = Cluster {
             _lock: lock,
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -74,6 +74,45 @@ impl Cluster {
                 .build()
                 .unwrap(),
             disturbed: Mutex::new(Disturbed::default()),
+        };
+        cluster.empty().await;
+        cluster
+    }
+
+    /// Deletes every queue and exchange (but the broker's own) that an earlier test left
+    /// behind when it failed half-way. Safe: whoever holds the lock owns the cluster.
+    async fn empty(&self) {
+        let names = |listed: Option<Value>| -> Vec<String> {
+            let Some(Value::Array(all)) = listed else {
+                return Vec::new();
+            };
+            all.iter()
+                .filter_map(|item| item["name"].as_str().map(str::to_owned))
+                .filter(|name| !name.is_empty() && !name.starts_with("amq."))
+                .collect()
+        };
+        let queues = names(self.get("/api/queues/%2f?columns=name").await);
+        let exchanges = names(self.get("/api/exchanges/%2f?columns=name").await);
+        for (kind, list) in [("queues", queues), ("exchanges", exchanges)] {
+            for name in list {
+                let mut url = reqwest::Url::parse(&Self::management(self.running_node())).unwrap();
+                url.path_segments_mut()
+                    .unwrap()
+                    .extend(["api", kind, "/", &name]);
+                let deleted = self
+                    .http
+                    .delete(url)
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await;
+                assert!(
+                    deleted
+                        .as_ref()
+                        .is_ok_and(|r| r.status().is_success()
+                            || r.status() == reqwest::StatusCode::NOT_FOUND),
+                    "cannot delete the left-over {kind} {name}: {deleted:?}"
+                );
+            }
         }
     }
 

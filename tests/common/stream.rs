@@ -477,6 +477,17 @@ impl Published {
         (summary, problems)
     }
 
+    /// How long after `at` the first publish answered 202 came (a recovery time).
+    pub fn first_accepted_after(&self, at: Instant) -> Option<Duration> {
+        let since_start = at.saturating_duration_since(self.started);
+        self.keys
+            .iter()
+            .filter_map(|k| k.accepted_at)
+            .filter(|accepted| *accepted >= since_start)
+            .min()
+            .map(|accepted| accepted - since_start)
+    }
+
     /// The slowest answer whose status passes `filter`.
     fn slowest(&self, filter: impl Fn(u16) -> bool) -> Duration {
         self.keys
