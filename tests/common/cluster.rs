@@ -75,8 +75,24 @@ impl Cluster {
                 .unwrap(),
             disturbed: Mutex::new(Disturbed::default()),
         };
+        cluster.clear_left_alarms().await;
         cluster.empty().await;
         cluster
+    }
+
+    /// Clears memory alarms an earlier test left set (a test process killed on its timeout
+    /// undoes nothing).
+    async fn clear_left_alarms(&self) {
+        let Some(Value::Array(nodes)) = self.get("/api/nodes?columns=name,mem_alarm").await else {
+            return;
+        };
+        let alarmed = nodes
+            .iter()
+            .filter(|node| node["mem_alarm"] == true)
+            .filter_map(|node| node_number(&node["name"]));
+        for n in alarmed {
+            ctl(n, &["set_vm_memory_high_watermark", "0.4"]).await;
+        }
     }
 
     /// Deletes every queue and exchange (but the broker's own) that an earlier test left
