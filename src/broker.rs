@@ -23,4 +23,4 @@ pub use dialer::{
 };
 pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
 pub use recycle::{RECYCLE_EVERY, Recycle, SharedChannel, close_later, confirm_channel};
-pub use topology::{PublishTopology, queue_depth};
+pub use topology::{PublishTopology, inspector, queue_depth};

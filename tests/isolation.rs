@@ -56,6 +56,36 @@ fn log_count(sidecar: &Sidecar, message: &str) -> usize {
         .count()
 }
 
+/// Makes subscription `name` of `sidecar` one the broker refuses: its main queue already
+/// exists as an ordered (single active consumer) queue, as another replica or an earlier
+/// config could have left it. Answers the `PUT` that creates the subscription.
+async fn refused_subscription(
+    sidecar: &Sidecar,
+    broker: &Broker,
+    name: &str,
+    event_type: &str,
+) -> common::Answer {
+    broker
+        .channel
+        .queue_declare(
+            sidecar.queue(name).as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum_args(true),
+        )
+        .await
+        .unwrap();
+    sidecar
+        .call(
+            "PUT",
+            &format!("/v1/subscriptions/{name}"),
+            Some(json!({"event_type": event_type, "route": format!("/{name}")})),
+        )
+        .await
+}
+
 async fn subscription_state(sidecar: &Sidecar, name: &str) -> Value {
     sidecar
         .call("GET", &format!("/v1/subscriptions/{name}"), None)
@@ -102,28 +132,9 @@ async fn a_subscription_the_broker_refuses_fails_alone_and_recovers_once_fixed()
         false
     );
 
-    // A queue that exists with other arguments (another replica or an earlier config made
-    // it ordered): the broker refuses the declaration.
+    // A queue that exists with other arguments: the broker refuses the declaration.
     let broken_queue = sidecar.queue("broken");
-    broker
-        .channel
-        .queue_declare(
-            broken_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum_args(true),
-        )
-        .await
-        .unwrap();
-    let put = sidecar
-        .call(
-            "PUT",
-            "/v1/subscriptions/broken",
-            Some(json!({"event_type": "OrderPaid", "route": "/broken"})),
-        )
-        .await;
+    let put = refused_subscription(&sidecar, &broker, "broken", "OrderPaid").await;
     assert_eq!(put.status, 201, "{put:?}");
     assert_eq!(put.body["state"], "failed", "{put:?}");
     let reason = put.body["error"].as_str().unwrap();
@@ -356,27 +367,8 @@ async fn dead_letter_operations_before_the_queues_exist_answer_empty() {
     let sidecar = Settings::new().start();
     sidecar.wait_ready().await;
     let broker = Broker::connect().await;
-    let queue = sidecar.queue("early");
     // Refused by the broker, so its queues are never declared.
-    broker
-        .channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum_args(true),
-        )
-        .await
-        .unwrap();
-    let put = sidecar
-        .call(
-            "PUT",
-            "/v1/subscriptions/early",
-            Some(json!({"event_type": "OrderPlaced", "route": "/early"})),
-        )
-        .await;
+    let put = refused_subscription(&sidecar, &broker, "early", "OrderPlaced").await;
     assert_eq!(put.body["state"], "failed", "{put:?}");
 
     let listed = sidecar.dead_letters("early").await;

@@ -409,7 +409,7 @@ fn every_alert_has_a_runbook() {
         .lines()
         .filter(|l| l.trim().starts_with("severity: "))
         .count();
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
     assert_eq!(runbooks.len(), alerts.len());
     assert_eq!(severities, alerts.len());
     for runbook in &runbooks {
@@ -422,4 +422,5 @@ fn every_alert_has_a_runbook() {
         .count();
     assert_eq!(pages, runbooks.len(), "a runbook page without an alert");
     assert!(rules.contains("causeway_dead_letter_depth) > 0"));
+    assert!(rules.contains(r#"(causeway_subscription_state{state="failed"}) == 1"#));
 }

@@ -228,14 +228,7 @@ impl Connector {
     /// Logs when events pile up in the unrouted queue: they wait there until a subscription
     /// binds their routing key and someone moves them.
     async fn check_unrouted(&self, connection: &Connection, inspector: &mut Option<Channel>) {
-        if !inspector.as_ref().is_some_and(|c| c.status().connected()) {
-            // A separate channel: a failed passive declare closes the channel it ran on.
-            *inspector = timeout(CHECK_EVERY, connection.create_channel())
-                .await
-                .ok()
-                .and_then(Result::ok);
-        }
-        let Some(channel) = inspector.as_ref() else {
+        let Some(channel) = super::inspector(connection, inspector, CHECK_EVERY).await else {
             return;
         };
         let depth = match timeout(CHECK_EVERY, self.topology.unrouted_depth(channel)).await {

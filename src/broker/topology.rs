@@ -81,6 +81,23 @@ impl PublishTopology {
     }
 }
 
+/// The channel for reading queue depths, opened again when the last passive declare closed
+/// it (a missing queue closes the channel it was asked on, and only that channel); `None`
+/// when no channel could be opened within `within`.
+pub async fn inspector<'a>(
+    connection: &lapin::Connection,
+    slot: &'a mut Option<Channel>,
+    within: std::time::Duration,
+) -> Option<&'a Channel> {
+    if !slot.as_ref().is_some_and(|c| c.status().connected()) {
+        *slot = tokio::time::timeout(within, connection.create_channel())
+            .await
+            .ok()
+            .and_then(Result::ok);
+    }
+    slot.as_ref()
+}
+
 /// How many messages wait in `queue`, by a passive declare (which closes the channel when
 /// the queue does not exist: use a channel of its own).
 pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {

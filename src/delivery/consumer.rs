@@ -19,7 +19,7 @@ use super::{
     topology::{self, Queues},
 };
 use crate::{
-    broker::{PublishTopology, SharedChannel, queue_depth},
+    broker::{self, PublishTopology, SharedChannel, queue_depth},
     schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
     subscription::Subscription,
@@ -165,13 +165,8 @@ impl Shared {
         inspector: &mut Option<Channel>,
     ) {
         for subscription in subscriptions {
-            if !inspector.as_ref().is_some_and(|c| c.status().connected()) {
-                *inspector = timeout(DEPTH_TIMEOUT, connection.create_channel())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-            }
-            let Some(channel) = inspector.as_ref() else {
+            let Some(channel) = broker::inspector(connection, inspector, DEPTH_TIMEOUT).await
+            else {
                 return;
             };
             let queues = Queues::new(&self.service, subscription);
