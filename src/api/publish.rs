@@ -6,6 +6,7 @@ use axum::{
     extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
 };
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::{Instrument, Span, debug, error, field::Empty, info_span};
@@ -18,7 +19,9 @@ use super::{
 use crate::{
     broker::PublishError,
     envelope::{SchemaVersion, TraceContext, is_valid_event_type},
+    payload::Malformed,
     publish::{Accepted, PublishRequest, Rejected},
+    schema::Invalid,
     telemetry::{TraceExt, current_trace_id},
 };
 
@@ -212,8 +215,11 @@ fn is_valid_traceparent(value: &str) -> bool {
             && hex(flags, 2))
 }
 
-/// 422 naming every failure.
-pub(super) fn schema_problem(invalid: &crate::schema::Invalid) -> Problem {
+/// 422 naming every failure; 400 for a payload outside the payload grammar.
+pub(super) fn schema_problem(invalid: &Invalid) -> Problem {
+    if let Invalid::Malformed(malformed) = invalid {
+        return malformed_problem(malformed);
+    }
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "schema-validation-failed",
@@ -221,6 +227,35 @@ pub(super) fn schema_problem(invalid: &crate::schema::Invalid) -> Problem {
         invalid.to_string(),
     )
     .with_errors(invalid.violations())
+}
+
+/// 400 naming where the payload breaks the grammar.
+fn malformed_problem(malformed: &Malformed) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "malformed-payload",
+        "Malformed payload",
+        malformed.to_string(),
+    )
+    .with_errors([PayloadError::of(malformed)])
+}
+
+/// One thing wrong with a payload, as a problem's `errors` lists it.
+#[derive(Debug, Serialize)]
+pub(super) struct PayloadError {
+    /// Where, as a JSON Pointer into the payload.
+    pub(super) instance_path: String,
+    /// What is wrong there.
+    pub(super) message: String,
+}
+
+impl PayloadError {
+    pub(super) fn of(malformed: &Malformed) -> Self {
+        PayloadError {
+            instance_path: malformed.pointer.clone(),
+            message: malformed.breach.to_string(),
+        }
+    }
 }
 
 /// The answer for a publish that did not go through.

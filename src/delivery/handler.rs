@@ -23,7 +23,7 @@ use super::{
 use crate::{
     amqp::int_header,
     envelope::Envelope,
-    schema::SchemaRegistry,
+    schema::{Invalid, SchemaRegistry},
     store::{Claim, DedupStore, EmbeddedStore, StoreError},
     subscription::Subscription,
     telemetry::{
@@ -145,9 +145,14 @@ impl Context {
                 &envelope.payload,
             );
             if let Err(invalid) = checked {
+                // A payload outside the grammar fails validation too: it is dead-lettered as
+                // `schema`, with where and why in the last error.
                 let last_error = invalid.summary();
                 // Validation messages may quote payload values: keep them out of spans.
-                Span::current().fail("the payload does not match its schema");
+                Span::current().fail(match invalid {
+                    Invalid::Malformed(_) => "the payload is outside the payload grammar",
+                    _ => "the payload does not match its schema",
+                });
                 self.dead_lettered(&envelope, Reason::Schema, attempt - 1);
                 let dead = Fate::DeadLetter {
                     reason: Reason::Schema,
