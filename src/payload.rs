@@ -331,4 +331,4 @@ impl<'de> Visitor<'de> for Name {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

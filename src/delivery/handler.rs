@@ -102,7 +102,7 @@ impl Context {
 
     async fn process(&self, delivery: Delivery, attempt: u32, stop: &CancellationToken) {
         let span = Span::current();
-        let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
+        let envelope = match Envelope::decode(&delivery.data) {
             Ok(envelope) => envelope,
             Err(error) => {
                 let last_error = format!("not a valid envelope: {error}");

@@ -88,7 +88,7 @@ fn parse_builds_the_value_serde_json_reads() {
 }
 
 /// Any JSON value within the grammar: finite numbers, unique names, nesting bounded.
-fn value() -> impl Strategy<Value = Value> {
+pub(crate) fn value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
