@@ -12,6 +12,7 @@ mod backoff;
 mod connection;
 mod dialer;
 mod publisher;
+mod recycle;
 mod topology;
 
 pub use backoff::Backoff;
@@ -20,4 +21,5 @@ pub use dialer::{
     DialError, Dialed, Dialer, Ended, Trouble, address, keep_connected, next_trouble,
 };
 pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
+pub use recycle::{RECYCLE_EVERY, Recycle, SharedChannel, close_later, confirm_channel};
 pub use topology::{PublishTopology, queue_depth};

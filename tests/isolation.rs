@@ -152,6 +152,10 @@ async fn a_subscription_the_broker_refuses_fails_alone_and_recovers_once_fixed()
         .unwrap();
     assert_eq!(ready["subscriptions"]["broken"], "failed", "{ready}");
     assert_eq!(ready["subscriptions"]["healthy"], "consuming", "{ready}");
+    let why = ready["subscription_errors"]["broken"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("PRECONDITION_FAILED"), "{ready}");
     let metrics = sidecar
         .http
         .get(format!("{}/metrics", sidecar.admin))

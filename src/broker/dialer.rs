@@ -51,12 +51,14 @@ pub struct Dialed {
 
 /// Every address of the list refused or timed out.
 #[derive(Debug, thiserror::Error)]
-#[error("no broker address answered ({attempts}); last: {last}")]
+#[error("no broker address answered ({attempts}); last: {address}: {error}")]
 pub struct DialError {
     /// How many addresses were tried.
     pub attempts: usize,
-    /// The last address's error.
-    pub last: String,
+    /// The last address tried, without credentials.
+    pub address: String,
+    /// Its error.
+    pub error: String,
 }
 
 impl Dialer {
@@ -85,7 +87,7 @@ impl Dialer {
     /// One round over the list: the first address that accepts a connection.
     pub async fn dial(&self) -> Result<Dialed, DialError> {
         let start = self.next.load(Ordering::Relaxed);
-        let mut last = String::from("no address");
+        let mut last = (String::from("none"), String::from("no address"));
         for step in 0..self.urls.len() {
             let index = (start + step) % self.urls.len();
             let url = &self.urls[index];
@@ -101,16 +103,22 @@ impl Dialer {
                         index,
                     });
                 }
-                Ok(Err(error)) => last = format!("{address}: {error}"),
-                Err(_) => last = format!("{address}: no answer within {:?}", self.connect_timeout),
+                Ok(Err(error)) => last = (address, error.to_string()),
+                Err(_) => {
+                    last = (
+                        address,
+                        format!("no answer within {:?}", self.connect_timeout),
+                    )
+                }
             }
-            debug!(error = %last, "broker address did not answer");
+            debug!(broker = %last.0, error = %last.1, "broker address did not answer");
         }
         // The next round starts one further on, whatever this one found.
         self.move_past(start);
         Err(DialError {
             attempts: self.urls.len(),
-            last,
+            address: last.0,
+            error: last.1,
         })
     }
 
@@ -165,7 +173,9 @@ pub async fn keep_connected<F, Fut>(
             _ = shutdown.cancelled() => return,
             dialed = dialer.dial() => dialed,
         };
-        let error = match dialed {
+        // What to compare (the error without the address, which changes from round to
+        // round) and what to log.
+        let (error, shown) = match dialed {
             Ok(dialed) => {
                 let address = dialed.address.clone();
                 let index = dialed.index;
@@ -190,23 +200,23 @@ pub async fn keep_connected<F, Fut>(
                             // Straight to the next address: a lost node should cost no wait.
                             continue;
                         }
-                        error
+                        (error.clone(), error)
                     }
-                    Ended::Failed(error) => error,
+                    Ended::Failed(error) => (error.clone(), error),
                 }
             }
-            Err(error) => error.to_string(),
+            Err(error) => (error.error.clone(), error.to_string()),
         };
         match &mut outage {
             Some((_, last)) if *last == error => {
-                debug!(connection = what, %error, "still cannot use the broker")
+                debug!(connection = what, error = %shown, "still cannot use the broker")
             }
             Some((_, last)) => {
-                warn!(connection = what, %error, "cannot connect to the broker");
+                warn!(connection = what, error = %shown, "cannot connect to the broker");
                 *last = error;
             }
             None => {
-                warn!(connection = what, %error, "cannot connect to the broker");
+                warn!(connection = what, error = %shown, "cannot connect to the broker");
                 outage = Some((Instant::now(), error));
             }
         }
@@ -312,7 +322,10 @@ mod tests {
         let dialer = Dialer::new(&urls, Duration::from_secs(1), "test");
         let error = dialer.dial().await.unwrap_err();
         assert_eq!(error.attempts, 3);
-        assert!(!error.last.contains("guest"), "credentials in {error}");
+        assert!(
+            !error.to_string().contains("guest"),
+            "credentials in {error}"
+        );
         assert_eq!(dialer.next.load(Ordering::Relaxed), 1);
     }
 }

@@ -239,11 +239,19 @@ impl DeadLetters {
         let work = async {
             let connection = self.dialer.dial().await?.connection;
             let result = async {
-                // Released with the connection, whatever happens below.
-                let _lock = lock_across_replicas(&connection, dlq).await?;
-                let depth = depth(&connection, dlq).await?;
-                let channel = connection.create_channel().await?;
-                operation(channel, depth).await
+                let lock = lock_across_replicas(&connection, dlq).await?;
+                let result = async {
+                    let depth = depth(&connection, dlq).await?;
+                    let channel = connection.create_channel().await?;
+                    let result = operation(channel.clone(), depth).await;
+                    // Closed before the lock goes: whatever the operation still holds is
+                    // back in the queue when the next operation starts.
+                    let _ = channel.close(200, "done".into()).await;
+                    result
+                }
+                .await;
+                lock.release().await;
+                result
             }
             .await;
             // Closing returns anything still unacknowledged to the queue, and drops the lock.
