@@ -43,7 +43,7 @@ pub struct ApiState {
     /// Whether the sidecar is draining.
     pub health: Health,
     /// The bearer token the API requires, when set.
-    pub token: Option<Arc<ApiToken>>,
+    pub token: Option<ApiToken>,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
     /// The service name, prefix of its queues.

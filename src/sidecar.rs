@@ -139,10 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let api_state = ApiState {
         publish: publish.clone(),
         health: health.clone(),
-        token: config
-            .api_token
-            .as_deref()
-            .map(|token| Arc::new(ApiToken::new(token))),
+        token: config.api_token.as_deref().map(ApiToken::new),
         max_body: config.max_body,
         service: config.service.as_str().into(),
         registry,

@@ -53,7 +53,7 @@ pub(super) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = state.token.as_deref() else {
+    let Some(expected) = &state.token else {
         return next.run(request).await;
     };
     let presented = request
