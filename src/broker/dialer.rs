@@ -49,6 +49,45 @@ pub struct Dialed {
     index: usize,
 }
 
+/// A connection for one piece of work, closed when the work ends, also when it is cancelled
+/// half-way (an HTTP client that went away, a timeout): a connection dropped without a close
+/// stays open at the broker, with whatever it holds (exclusive queues, unacked messages).
+#[derive(Debug)]
+pub struct OwnedConnection(Option<Connection>);
+
+impl OwnedConnection {
+    /// Owns `connection`.
+    pub fn new(connection: Connection) -> Self {
+        OwnedConnection(Some(connection))
+    }
+
+    /// The connection.
+    pub fn get(&self) -> &Connection {
+        // Only `close` and `drop` take it, and both consume the owner.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only when consumed"))
+    }
+
+    /// Closes the connection (its channels first), within bounds.
+    pub async fn close(mut self) {
+        if let Some(connection) = self.0.take() {
+            super::close_gracefully(&connection, &[]).await;
+        }
+    }
+}
+
+impl Drop for OwnedConnection {
+    fn drop(&mut self) {
+        let Some(connection) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { super::close_gracefully(&connection, &[]).await });
+        }
+    }
+}
+
 /// Every address of the list refused or timed out.
 #[derive(Debug, thiserror::Error)]
 #[error("no broker address answered ({attempts}); last: {address}: {error}")]
