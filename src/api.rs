@@ -32,6 +32,7 @@ use crate::{
     subscription::Registry,
     telemetry::metrics::Metrics,
 };
+pub use auth::ApiToken;
 use problem::Problem;
 
 /// What the API handlers share.
@@ -42,7 +43,7 @@ pub struct ApiState {
     /// Whether the sidecar is draining.
     pub health: Health,
     /// The bearer token the API requires, when set.
-    pub token: Option<Arc<str>>,
+    pub token: Option<ApiToken>,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
     /// The service name, prefix of its queues.

@@ -61,7 +61,58 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
+impl TraceContext {
+    /// Longest `tracestate` carried along (the W3C recommendation's minimum to propagate).
+    pub const MAX_TRACESTATE: usize = 512;
+
+    /// The context to continue from values someone else wrote (HTTP or AMQP headers). An
+    /// invalid `traceparent` is dropped with its `tracestate`, as the W3C recommendation
+    /// asks: the event starts a new trace instead of failing. A `tracestate` is kept when it
+    /// is 1 to 512 printable ASCII characters; otherwise it is dropped.
+    pub fn from_untrusted(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Self {
+        let text = |bytes: &[u8]| std::str::from_utf8(bytes).ok().map(str::to_owned);
+        let Some(traceparent) = traceparent
+            .filter(|t| is_valid_traceparent(t))
+            .and_then(text)
+        else {
+            return TraceContext::default();
+        };
+        let tracestate = tracestate
+            .filter(|t| {
+                !t.is_empty()
+                    && t.len() <= Self::MAX_TRACESTATE
+                    && t.iter().all(|b| (0x20..0x7f).contains(b))
+            })
+            .and_then(text);
+        TraceContext {
+            traceparent: Some(traceparent),
+            tracestate,
+        }
+    }
+}
+
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero, version not
+/// `ff` (lower-case hex only, as the W3C format has it).
+pub fn is_valid_traceparent(value: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let nonzero = |s: &[u8]| s.iter().any(|b| *b != b'0');
+    let parts: Vec<&[u8]> = value.split(|b| *b == b'-').collect();
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if version.len() == 2 && hex(version) && *version != b"ff"
+            && trace.len() == 32 && hex(trace) && nonzero(trace)
+            && parent.len() == 16 && hex(parent) && nonzero(parent)
+            && flags.len() == 2 && hex(flags))
+}
+
 impl Envelope {
+    /// The envelope in a message body from the broker, whoever wrote it.
+    pub fn decode(body: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+
     /// An envelope for `identity`, published by `source`.
     pub fn new(identity: EventIdentity, source: &str, payload: Box<RawValue>) -> Self {
         Envelope {
@@ -224,107 +275,4 @@ impl<'de> Deserialize<'de> for SchemaVersion {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lapin::types::AMQPValue;
-
-    fn sample() -> Envelope {
-        Envelope {
-            event_id: Uuid::now_v7(),
-            event_type: "OrderPlaced".into(),
-            schema_version: "2.1".parse().unwrap(),
-            correlation_id: "flow-1".into(),
-            causation_id: Some("parent".into()),
-            occurred_at: now_rfc3339(),
-            source: "orders".into(),
-            payload: RawValue::from_string(r#"{"total_cents": 1250}"#.into()).unwrap(),
-        }
-    }
-
-    #[test]
-    fn routing_key_carries_the_major_version() {
-        assert_eq!(sample().routing_key(), "OrderPlaced.v2");
-    }
-
-    #[test]
-    fn body_keeps_the_payload_bytes_and_round_trips() {
-        let envelope = sample();
-        let body = envelope.to_json();
-        let text = std::str::from_utf8(&body).unwrap();
-        assert!(
-            text.contains(r#""payload":{"total_cents": 1250}"#),
-            "{text}"
-        );
-        let back: Envelope = serde_json::from_slice(&body).unwrap();
-        assert_eq!(back.event_id, envelope.event_id);
-        assert_eq!(back.schema_version, envelope.schema_version);
-        assert_eq!(back.causation_id.as_deref(), Some("parent"));
-    }
-
-    #[test]
-    fn properties_mirror_the_envelope() {
-        let envelope = sample();
-        let trace = TraceContext {
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            tracestate: None,
-        };
-        let props = envelope.properties(&trace).unwrap();
-        let id = envelope.event_id.to_string();
-        assert_eq!(
-            props.message_id().as_ref().map(|s| s.as_str()),
-            Some(id.as_str())
-        );
-        assert_eq!(
-            props.kind().as_ref().map(|s| s.as_str()),
-            Some("OrderPlaced")
-        );
-        assert_eq!(props.delivery_mode(), &Some(2));
-        let headers = props.headers().as_ref().unwrap().inner();
-        assert!(headers.contains_key("traceparent"));
-        assert!(!headers.contains_key("tracestate"));
-        assert_eq!(
-            headers.get("schema_version"),
-            Some(&AMQPValue::LongString("2.1".into()))
-        );
-    }
-
-    #[test]
-    fn versions_must_be_major_dot_minor() {
-        assert_eq!(
-            "10.3".parse::<SchemaVersion>().unwrap(),
-            SchemaVersion {
-                major: 10,
-                minor: 3
-            }
-        );
-        for bad in [
-            "2",
-            "2.",
-            ".1",
-            "a.b",
-            "1.0.0",
-            "-1.0",
-            "+1.0",
-            "9999999999.0",
-        ] {
-            assert!(bad.parse::<SchemaVersion>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn event_types_follow_the_contract() {
-        for good in ["OrderPlaced", "a", "orders.v2-Placed_x"] {
-            assert!(is_valid_event_type(good), "{good}");
-        }
-        let too_long = format!("A{}", "b".repeat(128));
-        for bad in [
-            "",
-            "1Order",
-            "Order Placed",
-            "Order/Placed",
-            too_long.as_str(),
-        ] {
-            assert!(!is_valid_event_type(bad), "{bad}");
-        }
-    }
-}
+mod tests;

@@ -7,6 +7,8 @@
 //! - [`api`]: the app-facing HTTP API and the admin listener; errors as problem+json.
 //! - [`publish`]: the publish path without HTTP: envelope, idempotency keys, confirm.
 //! - [`envelope`]: the wire type, its AMQP properties and routing key; no I/O.
+//! - [`payload`]: the payload grammar (finite numbers, unique names, bounded nesting).
+//! - [`schema`]: the schema registry and validation.
 //! - [`broker`]: the connection with reconnects, topology, and confirmed publishing.
 //! - [`store`]: durable records (idempotency keys) in an embedded crash-safe file.
 //! - [`health`]: the draining flag and each store's state, shared by handlers and probes.
@@ -24,6 +26,7 @@ pub mod delivery;
 pub mod envelope;
 pub mod health;
 mod key_locks;
+pub mod payload;
 pub mod publish;
 pub mod schema;
 pub mod shutdown;

@@ -12,7 +12,10 @@ use std::{
 use serde::Serialize;
 use serde_json::{Value, value::RawValue};
 
-use crate::envelope::{SchemaVersion, is_valid_event_type};
+use crate::{
+    envelope::{SchemaVersion, is_valid_event_type},
+    payload::{self, Malformed},
+};
 
 /// One reason a payload does not match its schema.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +44,9 @@ pub enum Invalid {
     /// Strict mode: the type has no schema at all.
     #[error("{0} has no registered schema, and CAUSEWAY_SCHEMAS_STRICT is on")]
     Unregistered(String),
+    /// The payload is outside the payload grammar (checked with or without a schema).
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
     /// The payload fails its schema.
     #[error("the payload does not match schema {event_type} {version}")]
     Payload {
@@ -57,6 +63,9 @@ impl Invalid {
     /// The mismatch in one line: what is wrong and the first few failures with their
     /// paths (for a dead letter's `x-causeway-last-error`).
     pub fn summary(&self) -> String {
+        if !matches!(self, Invalid::Payload { .. }) {
+            return self.to_string();
+        }
         let failures: Vec<String> = self
             .violations()
             .iter()
@@ -76,6 +85,11 @@ impl Invalid {
     pub fn violations(&self) -> Vec<Violation> {
         match self {
             Invalid::Payload { violations, .. } => violations.clone(),
+            Invalid::Malformed(malformed) => vec![Violation {
+                instance_path: malformed.pointer.clone(),
+                schema_path: String::new(),
+                message: malformed.breach.to_string(),
+            }],
             other => vec![Violation {
                 instance_path: String::new(),
                 schema_path: String::new(),
@@ -152,9 +166,9 @@ impl SchemaRegistry {
             .clone()
     }
 
-    /// Checks `payload` of `event_type` against its schema and returns the version it is:
-    /// the one asked for, or else the highest registered (or 1.0 for a type without
-    /// schemas).
+    /// Checks `payload` of `event_type` against the payload grammar and its schema, and
+    /// returns the version it is: the one asked for, or else the highest registered (or 1.0
+    /// for a type without schemas). The schema sees the value of exactly these bytes.
     pub fn check(
         &self,
         event_type: &str,
@@ -166,6 +180,7 @@ impl SchemaRegistry {
             if self.strict {
                 return Err(Invalid::Unregistered(event_type.to_owned()));
             }
+            payload::check(payload)?;
             return Ok(version.unwrap_or(SchemaVersion::DEFAULT));
         };
         let version = match version {
@@ -183,8 +198,7 @@ impl SchemaRegistry {
                 registered: versions.keys().map(ToString::to_string).collect(),
             });
         };
-        // The payload came through a JSON parser already; it parses again as a Value.
-        let value: Value = serde_json::from_str(payload.get()).unwrap_or(Value::Null);
+        let value = payload::parse(payload)?;
         let violations: Vec<Violation> = compiled
             .validator
             .iter_errors(&value)

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiState, admin::AdminState},
+    api::{self, ApiState, ApiToken, admin::AdminState},
     broker::{Connector, Dialer, Publisher},
     config::Config,
     delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
@@ -139,7 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     let api_state = ApiState {
         publish: publish.clone(),
         health: health.clone(),
-        token: config.api_token.as_deref().map(Arc::from),
+        token: config.api_token.as_deref().map(ApiToken::new),
         max_body: config.max_body,
         service: config.service.as_str().into(),
         registry,

@@ -17,8 +17,13 @@ use crate::envelope::{is_valid_event_type, routing_key};
 pub struct SubscriptionSpec {
     /// The event type to receive.
     pub event_type: String,
-    /// The major versions accepted; all of them when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The major versions accepted; all of them when absent. `null` is refused: it is more
+    /// often a list left unset than a choice of every version.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub versions: Option<Vec<u32>>,
     /// The app's path for deliveries, such as `/events/order-placed`.
     pub route: String,
@@ -44,6 +49,16 @@ pub struct SubscriptionSpec {
     /// with reason `schema`.
     #[serde(default)]
     pub validate: bool,
+}
+
+/// An optional field that, when present, must hold a value: `null` is an error, not "absent"
+/// (use with `#[serde(default, deserialize_with = "present")]`).
+pub(crate) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 mod defaults {
@@ -92,6 +107,31 @@ pub enum Origin {
     Api,
 }
 
+/// Whether `route` is a path the app can be called on exactly as written: `/`, then at
+/// most 1024 characters of a URI's path and query (RFC 3986: letters, digits,
+/// `-._~!$&'()*+,;=:@/?` and `%XX` escapes). No fragment, no space, nothing to escape.
+pub fn is_valid_route(route: &str) -> bool {
+    let bytes = route.as_bytes();
+    if !route.starts_with('/') || bytes.len() > 1024 {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let escape = bytes.get(i + 1..i + 3);
+                if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?".contains(&b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Whether `name` can name a subscription: 1-100 of `[A-Za-z0-9_-]`, starting with a letter
 /// or digit. Dots are kept out so that `{service}.{name}` parses back unambiguously.
 pub fn is_valid_name(name: &str) -> bool {
@@ -138,11 +178,10 @@ impl Subscription {
             );
         }
         check(
-            spec.route.starts_with('/')
-                && spec.route.len() <= 1024
-                && spec.route.bytes().all(|b| b.is_ascii_graphic()),
+            is_valid_route(&spec.route),
             "route",
-            "must be a path starting with '/', without spaces, at most 1024 characters",
+            "must be a path starting with '/', at most 1024 characters, of URI path and query \
+             characters only (letters, digits, -._~!$&'()*+,;=:@/? and %XX escapes)",
         );
         check(
             (1..=100).contains(&spec.max_attempts),
@@ -262,6 +301,121 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("retries"), "{error}");
+    }
+
+    #[test]
+    fn routes_are_uri_paths_exactly_as_written() {
+        for good in [
+            "/",
+            "/events/order-placed",
+            "/a?b=1&c=%2F",
+            "/~x/@:!$&'()*+,;=.-_",
+        ] {
+            assert!(is_valid_route(good), "{good}");
+        }
+        let long = format!("/{}", "a".repeat(1024));
+        for bad in [
+            "",
+            "events",
+            "/a<b>",
+            "/a b",
+            "/a#b",
+            "/a\\b",
+            "/a%2",
+            "/a%zz",
+            "/{x}",
+            "/a|b",
+            "/a\"b",
+            "/é",
+            long.as_str(),
+        ] {
+            assert!(!is_valid_route(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn null_versions_are_refused_and_absent_ones_mean_all() {
+        let error = serde_json::from_str::<SubscriptionSpec>(
+            r#"{"event_type":"A","route":"/a","versions":null}"#,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("null"), "{error}");
+        let all = spec(r#"{"event_type":"A","route":"/a"}"#);
+        assert_eq!(all.versions, None);
+        let some = spec(r#"{"event_type":"A","route":"/a","versions":[2]}"#);
+        assert_eq!(some.versions, Some(vec![2]));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// A route that passes is one the HTTP client sends exactly as written, under any
+        /// app path prefix.
+        #[test]
+        fn a_valid_route_is_a_uri_path_as_written(route in proptest::prop_oneof![
+            "/[ -~]{0,40}",
+            "/(/|[a-z]|%[0-9A-Fa-f]{2}|%|[?=&#]){0,20}",
+            "/[ -~\\t\\u{80}-\\u{10ffff}]{0,20}",
+        ]) {
+            if is_valid_route(&route) {
+                for full in [route.clone(), format!("/prefix{route}")] {
+                    let uri: axum::http::Uri = full.parse().unwrap();
+                    let sent = uri.path_and_query().map(|p| p.as_str());
+                    proptest::prop_assert_eq!(sent, Some(full.as_str()));
+                }
+            } else {
+                proptest::prop_assert!(
+                    route.bytes().any(|b| !b.is_ascii_graphic() || b"\"#<>[\\]^`{|}%".contains(&b)),
+                    "{:?} refused", route
+                );
+            }
+        }
+    }
+
+    /// RabbitMQ's topic matching: `*` is one word, `#` zero or more.
+    fn topic_matches(pattern: &str, key: &str) -> bool {
+        fn words(pattern: &[&str], key: &[&str]) -> bool {
+            match (pattern.split_first(), key.split_first()) {
+                (None, None) => true,
+                (Some((&"#", rest)), _) => {
+                    words(rest, key) || key.split_first().is_some_and(|(_, k)| words(pattern, k))
+                }
+                (Some((&"*", rest)), Some((_, k))) => words(rest, k),
+                (Some((p, rest)), Some((w, k))) => p == w && words(rest, k),
+                _ => false,
+            }
+        }
+        let pattern: Vec<&str> = pattern.split('.').collect();
+        let key: Vec<&str> = key.split('.').collect();
+        words(&pattern, &key)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// A subscription's bindings take exactly its event type at its majors: no crafted
+        /// event type (dots, dashes, names ending in `.v1`) reaches another type's queue.
+        #[test]
+        fn bindings_match_only_their_own_type_and_majors(
+            own in "[A-Za-z][A-Za-z0-9_.-]{0,12}",
+            other in proptest::prop_oneof![
+                "[A-Za-z][A-Za-z0-9_.-]{0,12}",
+                "[A-Za-z][a-z.]{0,4}(\\.v[0-9])?",
+            ],
+            versions in proptest::option::of(proptest::collection::vec(0u32..4, 1..3)),
+            major in 0u32..4,
+            same in proptest::bool::ANY,
+        ) {
+            let other = if same { own.clone() } else { other };
+            let subscription = Subscription::new("s", SubscriptionSpec {
+                versions: versions.clone(),
+                ..spec(&format!(r#"{{"event_type":"{own}","route":"/a"}}"#))
+            }).unwrap();
+            let key = routing_key(&other, major);
+            let matched = subscription.binding_keys().iter().any(|b| topic_matches(b, &key));
+            let wanted = other == own && versions.as_ref().is_none_or(|v| v.contains(&major));
+            proptest::prop_assert_eq!(matched, wanted, "{} at {:?}", key, subscription.binding_keys());
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::{
 use crate::{
     envelope::{SchemaVersion, is_valid_event_type},
     publish::{Accepted, PublishRequest},
+    schema::Invalid,
 };
 
 /// Most events in one batch.
@@ -52,6 +53,10 @@ struct ItemError {
     #[serde(skip_serializing_if = "Option::is_none")]
     instance_path: Option<String>,
     message: String,
+    /// The payload is outside the payload grammar: the batch is malformed (400), not only
+    /// unacceptable (422).
+    #[serde(skip)]
+    malformed: bool,
 }
 
 impl ItemError {
@@ -60,13 +65,30 @@ impl ItemError {
             field: Some(field),
             instance_path: None,
             message: message.into(),
+            malformed: false,
         }
+    }
+
+    /// Each thing wrong with an item's payload.
+    fn payload(invalid: &Invalid) -> Vec<Self> {
+        let malformed = matches!(invalid, Invalid::Malformed(_));
+        invalid
+            .violations()
+            .into_iter()
+            .map(|v| ItemError {
+                field: Some("payload"),
+                instance_path: Some(v.instance_path),
+                message: v.message,
+                malformed,
+            })
+            .collect()
     }
 }
 
 /// Publishes every event, in order, or none when any is invalid: 200 when all were
 /// confirmed, 207 when the broker failed some (each result says which), 422 when any is
-/// invalid (each result says what is wrong; nothing was published).
+/// invalid, 400 when any payload is outside the payload grammar (each result says what is
+/// wrong; nothing was published).
 pub(super) async fn publish_batch(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -121,7 +143,8 @@ async fn handle(
     }
     require_json(headers)?;
     let bytes = read_body(body, headers, state.max_body).await?;
-    let raw: Vec<Box<RawValue>> = serde_json::from_slice(&bytes).map_err(|error| {
+    // Items borrowed from the body: each payload is copied once, into its request.
+    let raw: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|error| {
         if error.is_data() {
             Problem::unprocessable("the body must be a JSON array of events")
         } else {
@@ -141,17 +164,10 @@ async fn handle(
         .map(|item| {
             let mut request = parse(item, &mut keys)?;
             request.trace = trace.clone();
-            state.publish.check(&mut request).map_err(|invalid| {
-                invalid
-                    .violations()
-                    .into_iter()
-                    .map(|v| ItemError {
-                        field: Some("payload"),
-                        instance_path: Some(v.instance_path),
-                        message: v.message,
-                    })
-                    .collect::<Vec<_>>()
-            })?;
+            state
+                .publish
+                .check(&mut request)
+                .map_err(|invalid| ItemError::payload(&invalid))?;
             Ok(request)
         })
         .collect();
@@ -165,11 +181,28 @@ async fn handle(
             })
             .collect();
         let invalid = results.iter().filter(|r| r["status"] == "invalid").count();
-        return Err(Problem::unprocessable(format!(
-            "{invalid} of {} events are invalid; nothing was published",
-            results.len()
-        ))
-        .with_results(results));
+        let malformed = checked
+            .iter()
+            .filter(|item| item.as_ref().is_err_and(|e| e.iter().any(|e| e.malformed)))
+            .count();
+        let problem = if malformed > 0 {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-payload",
+                "Malformed payload",
+                format!(
+                    "{malformed} of {} events have a payload outside the payload grammar; \
+                     nothing was published",
+                    results.len()
+                ),
+            )
+        } else {
+            Problem::unprocessable(format!(
+                "{invalid} of {} events are invalid; nothing was published",
+                results.len()
+            ))
+        };
+        return Err(problem.with_results(results));
     }
     let requests = checked.into_iter().filter_map(Result::ok).collect();
     let results: Results = state

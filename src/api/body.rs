@@ -1,7 +1,7 @@
 //! Request bodies: JSON only, size-limited, with problem answers for each way they fail.
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes},
     http::{HeaderMap, StatusCode, header},
 };
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -44,7 +44,7 @@ pub(super) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     max: usize,
-) -> Result<Vec<u8>, Problem> {
+) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -61,7 +61,7 @@ pub(super) async fn read_body(
         return Err(too_large());
     }
     match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(error) => Err(Problem::bad_request(format!(
             "the body could not be read: {error}"

@@ -6,6 +6,7 @@ use axum::{
     extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode},
 };
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::{Instrument, Span, debug, error, field::Empty, info_span};
@@ -18,7 +19,9 @@ use super::{
 use crate::{
     broker::PublishError,
     envelope::{SchemaVersion, TraceContext, is_valid_event_type},
+    payload::Malformed,
     publish::{Accepted, PublishRequest, Rejected},
+    schema::Invalid,
     telemetry::{TraceExt, current_trace_id},
 };
 
@@ -182,38 +185,18 @@ pub(super) fn is_printable_within(bytes: &[u8], max: usize) -> bool {
     !bytes.is_empty() && bytes.len() <= max && bytes.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
-/// The W3C trace context to continue. An invalid `traceparent` is ignored, as the W3C
-/// recommendation asks: the event then starts a new trace instead of failing.
+/// The W3C trace context to continue (see [`TraceContext::from_untrusted`]): a bad
+/// `traceparent` or `tracestate` is ignored, never an error.
 pub(super) fn trace_context(headers: &HeaderMap) -> TraceContext {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(traceparent) = text("traceparent").filter(|t| is_valid_traceparent(t)) else {
-        return TraceContext::default();
-    };
-    TraceContext {
-        traceparent: Some(traceparent.to_owned()),
-        tracestate: text("tracestate")
-            .filter(|t| !t.is_empty() && t.len() <= 512)
-            .map(str::to_owned),
+    let bytes = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    TraceContext::from_untrusted(bytes("traceparent"), bytes("tracestate"))
+}
+
+/// 422 naming every failure; 400 for a payload outside the payload grammar.
+pub(super) fn schema_problem(invalid: &Invalid) -> Problem {
+    if let Invalid::Malformed(malformed) = invalid {
+        return malformed_problem(malformed);
     }
-}
-
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, ids not all zero.
-fn is_valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    matches!(parts.as_slice(), [version, trace, parent, flags]
-        if hex(version, 2) && *version != "ff"
-            && hex(trace, 32) && trace.bytes().any(|b| b != b'0')
-            && hex(parent, 16) && parent.bytes().any(|b| b != b'0')
-            && hex(flags, 2))
-}
-
-/// 422 naming every failure.
-pub(super) fn schema_problem(invalid: &crate::schema::Invalid) -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "schema-validation-failed",
@@ -221,6 +204,35 @@ pub(super) fn schema_problem(invalid: &crate::schema::Invalid) -> Problem {
         invalid.to_string(),
     )
     .with_errors(invalid.violations())
+}
+
+/// 400 naming where the payload breaks the grammar.
+fn malformed_problem(malformed: &Malformed) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "malformed-payload",
+        "Malformed payload",
+        malformed.to_string(),
+    )
+    .with_errors([PayloadError::of(malformed)])
+}
+
+/// One thing wrong with a payload, as a problem's `errors` lists it.
+#[derive(Debug, Serialize)]
+pub(super) struct PayloadError {
+    /// Where, as a JSON Pointer into the payload.
+    pub(super) instance_path: String,
+    /// What is wrong there.
+    pub(super) message: String,
+}
+
+impl PayloadError {
+    pub(super) fn of(malformed: &Malformed) -> Self {
+        PayloadError {
+            instance_path: malformed.pointer.clone(),
+            message: malformed.breach.to_string(),
+        }
+    }
 }
 
 /// The answer for a publish that did not go through.
@@ -281,22 +293,118 @@ pub(super) fn problem_for(rejected: Rejected) -> Problem {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+    use proptest::prelude::*;
+
     use super::*;
 
-    #[test]
-    fn traceparent_must_follow_the_w3c_format() {
-        assert!(is_valid_traceparent(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        ));
-        for bad in [
-            "",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
-        ] {
-            assert!(!is_valid_traceparent(bad), "{bad}");
+    /// Bytes a header value can hold on the wire (hyper refuses the other control
+    /// characters before a handler runs): tab, printable ASCII, and obs-text.
+    fn value_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::string::string_regex(&format!("[ -~]{{1,{max}}}"))
+                .unwrap()
+                .prop_map(String::into_bytes),
+            prop::collection::vec(
+                prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff],
+                0..max + 10
+            ),
+        ]
+    }
+
+    fn version_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            "[0-9]{1,10}\\.[0-9]{1,10}".prop_map(String::into_bytes),
+            value_bytes(40),
+        ]
+    }
+
+    const IDS: [(&str, usize); 3] = [
+        ("x-correlation-id", 128),
+        ("x-causation-id", 128),
+        ("idempotency-key", 255),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Each publish header is taken exactly as sent when it is valid, and a 400 names
+        /// it otherwise; nothing panics.
+        #[test]
+        fn publish_headers_are_taken_as_sent_or_refused(
+            ids in [
+                proptest::option::of(value_bytes(140)),
+                proptest::option::of(value_bytes(140)),
+                proptest::option::of(value_bytes(270)),
+            ],
+            version in proptest::option::of(version_bytes()),
+        ) {
+            let mut headers = HeaderMap::new();
+            for ((name, _), value) in IDS.iter().zip(&ids) {
+                if let Some(value) = value {
+                    // Leading and trailing whitespace never reaches a handler: hyper trims it.
+                    let value = HeaderValue::from_bytes(value.trim_ascii());
+                    if let Ok(value) = value {
+                        headers.insert(*name, value);
+                    }
+                }
+            }
+            if let Some(version) = &version {
+                if let Ok(value) = HeaderValue::from_bytes(version.trim_ascii()) {
+                    headers.insert("x-schema-version", value);
+                }
+            }
+            let sent = |name: &str| headers.get(name).map(|v| v.as_bytes().to_vec());
+            let ids_ok = IDS.iter().all(|(name, max)| {
+                sent(name).is_none_or(|v| is_printable_within(&v, *max))
+            });
+            let version_sent = sent("x-schema-version");
+            let version_ok = version_sent.as_deref().is_none_or(|v| {
+                let text = String::from_utf8_lossy(v);
+                text.split_once('.').is_some_and(|(major, minor)| {
+                    [major, minor].iter().all(|part| {
+                        (1..=9).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+                    })
+                })
+            });
+            match HeaderFields::parse(&headers) {
+                Ok(fields) => {
+                    prop_assert!(ids_ok && version_ok);
+                    let taken = [&fields.correlation_id, &fields.causation_id, &fields.idempotency_key];
+                    for ((name, _), value) in IDS.iter().zip(taken) {
+                        prop_assert_eq!(value.as_ref().map(|v| v.as_bytes().to_vec()), sent(name));
+                    }
+                    prop_assert_eq!(
+                        fields.schema_version.map(|v| v.to_string().into_bytes()).is_some(),
+                        version_sent.is_some()
+                    );
+                }
+                Err(problem) => {
+                    prop_assert!(!(ids_ok && version_ok));
+                    prop_assert_eq!(problem.status, StatusCode::BAD_REQUEST);
+                    prop_assert!(problem.detail.contains("header"), "{}", problem.detail);
+                }
+            }
+        }
+
+        /// Event types from a path: valid ones are taken, anything else is refused without a
+        /// panic, and a valid one always makes a routing key AMQP can carry.
+        #[test]
+        fn event_types_are_valid_or_refused(event_type in prop_oneof![
+            "[A-Za-z][A-Za-z0-9_.-]{0,130}",
+            "[ -~]{0,140}",
+            any::<String>(),
+        ]) {
+            let valid = is_valid_event_type(&event_type);
+            let model = event_type.len() <= 128
+                && event_type.starts_with(|c: char| c.is_ascii_alphabetic())
+                && event_type.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            prop_assert_eq!(valid, model);
+            if valid {
+                let key = crate::envelope::routing_key(&event_type, u32::MAX);
+                prop_assert!(key.len() <= 255);
+                prop_assert!(!key.contains(['*', '#']));
+            }
         }
     }
 }

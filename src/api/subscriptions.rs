@@ -189,6 +189,8 @@ pub(super) async fn list_dead_letters(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplayRequest {
+    /// Only these; all of them when absent. `null` is refused: it must not mean "all".
+    #[serde(default, deserialize_with = "crate::subscription::present")]
     event_ids: Option<Vec<String>>,
 }
 

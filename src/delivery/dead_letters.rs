@@ -332,3 +332,47 @@ fn describe(properties: &BasicProperties, body: &[u8]) -> DeadLetter {
         envelope,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{amqp::tests::properties, telemetry::field_table_trace};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A dead letter written by anyone lists without a panic: its envelope when the body
+        /// is JSON, else the start of the body as text.
+        #[test]
+        fn any_message_is_described(
+            properties in properties(),
+            body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..6000),
+                "\\{\"event_id\":\"[ -~&&[^\"\\\\]]{0,40}\",\"event_type\":\"[A-Za-z]{1,9}\"\\}"
+                    .prop_map(String::into_bytes),
+            ],
+        ) {
+            let letter = describe(&properties, &body);
+            let json = serde_json::from_slice::<Value>(&body).ok();
+            prop_assert_eq!(letter.envelope.is_some(), json.is_some());
+            match &json {
+                Some(envelope) => {
+                    prop_assert_eq!(letter.body, None);
+                    if properties.message_id().is_none() {
+                        prop_assert_eq!(
+                            letter.event_id.as_deref(),
+                            envelope["event_id"].as_str()
+                        );
+                    }
+                }
+                None => prop_assert!(letter.body.is_some_and(|b| b.len() <= 4096 * 3)),
+            }
+            let trace = field_table_trace(&properties);
+            if let Some(traceparent) = trace.traceparent {
+                prop_assert!(crate::envelope::is_valid_traceparent(traceparent.as_bytes()));
+            }
+        }
+    }
+}

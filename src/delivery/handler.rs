@@ -24,7 +24,7 @@ use crate::{
     amqp::int_header,
     broker::SharedChannel,
     envelope::Envelope,
-    schema::SchemaRegistry,
+    schema::{Invalid, SchemaRegistry},
     store::{Claim, DedupStore, EmbeddedStore, StoreError},
     subscription::Subscription,
     telemetry::{
@@ -103,7 +103,7 @@ impl Context {
 
     async fn process(&self, delivery: Delivery, attempt: u32, stop: &CancellationToken) {
         let span = Span::current();
-        let envelope = match serde_json::from_slice::<Envelope>(&delivery.data) {
+        let envelope = match Envelope::decode(&delivery.data) {
             Ok(envelope) => envelope,
             Err(error) => {
                 let last_error = format!("not a valid envelope: {error}");
@@ -146,9 +146,14 @@ impl Context {
                 &envelope.payload,
             );
             if let Err(invalid) = checked {
+                // A payload outside the grammar fails validation too: it is dead-lettered as
+                // `schema`, with where and why in the last error.
                 let last_error = invalid.summary();
                 // Validation messages may quote payload values: keep them out of spans.
-                Span::current().fail("the payload does not match its schema");
+                Span::current().fail(match invalid {
+                    Invalid::Malformed(_) => "the payload is outside the payload grammar",
+                    _ => "the payload does not match its schema",
+                });
                 self.dead_lettered(&envelope, Reason::Schema, attempt - 1);
                 let dead = Fate::DeadLetter {
                     reason: Reason::Schema,

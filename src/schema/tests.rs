@@ -107,3 +107,53 @@ fn a_bad_schema_file_is_named() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_payload_outside_the_grammar_is_never_validated_as_something_else() {
+    let dir = std::env::temp_dir().join(format!("causeway-schemas-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(dir.join("Untyped")).unwrap();
+    std::fs::create_dir_all(dir.join("Typed")).unwrap();
+    std::fs::write(
+        dir.join("Untyped/1.0.json"),
+        r#"{"required":["order_id"],"properties":{"order_id":{"type":"string","minLength":1},"total":{"minimum":0}}}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("Typed/1.0.json"), r#"{"type":"object"}"#).unwrap();
+    let registry = SchemaRegistry::load(Some(&dir), false).unwrap();
+    let check = |event_type: &str, json: &str| registry.check(event_type, None, &raw(json));
+
+    assert!(matches!(
+        check("Untyped", r#"{"order_id":"o","total":-5}"#),
+        Err(Invalid::Payload { .. })
+    ));
+    let deep = format!(
+        r#"{{"order_id":"o","total":-5,"x":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    for (json, pointer) in [
+        (r#"{"order_id":"o","total":-5,"x":1e400}"#, "/x"),
+        (
+            deep.as_str(),
+            "/x/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0/0",
+        ),
+        (r#"{"order_id":"o","total":5,"total":-5}"#, "/total"),
+    ] {
+        let Err(Invalid::Malformed(malformed)) = check("Untyped", json) else {
+            panic!("{json} passed");
+        };
+        assert_eq!(malformed.pointer, pointer);
+    }
+    // A type without a schema follows the grammar too.
+    assert!(matches!(
+        check("NoSchema", r#"{"x":1e400}"#),
+        Err(Invalid::Malformed(_))
+    ));
+    assert!(check("Typed", r#"{"order_id":"o","x":[1e308]}"#).is_ok());
+    let error = check("Typed", r#"{"x":-1e400}"#).unwrap_err();
+    assert_eq!(
+        error.summary(),
+        "the payload at /x: a number is out of the range of a double (finite IEEE 754 binary64)"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -10,7 +10,7 @@ use opentelemetry::{
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{amqp::text_header, envelope::TraceContext};
+use crate::{amqp::bytes_header, envelope::TraceContext};
 
 /// The OpenTelemetry context a `traceparent`/`tracestate` pair describes.
 pub fn context_of(trace: &TraceContext) -> opentelemetry::Context {
@@ -39,12 +39,13 @@ pub fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     })
 }
 
-/// The trace context a publisher put in a message's headers.
+/// The trace context a publisher put in a message's headers, by the same rules as the
+/// publish API's: any producer may have written them.
 pub fn field_table_trace(properties: &BasicProperties) -> TraceContext {
-    TraceContext {
-        traceparent: text_header(properties, "traceparent"),
-        tracestate: text_header(properties, "tracestate"),
-    }
+    TraceContext::from_untrusted(
+        bytes_header(properties, "traceparent"),
+        bytes_header(properties, "tracestate"),
+    )
 }
 
 /// The trace id of the current span, as log lines carry it; empty when there is none.
