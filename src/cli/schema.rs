@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::schema::compat::{self, Breaking};
+use super::chain;
+use crate::{
+    config::without_credentials,
+    schema::compat::{self, Breaking},
+};
 
 /// What `schema check` found.
 #[derive(Debug)]
@@ -118,24 +122,28 @@ pub async fn consumers(
         encode(&management.vhost),
         encode(&management.exchange)
     );
+    // What is shown of the URL and of the client's errors, without any credentials in it.
     let failed = |problem: String| SchemaCliError::Management {
-        url: url.clone(),
+        url: without_credentials(&url),
         problem,
     };
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(chain(&e.without_url())))?;
     let response = client
         .get(&url)
         .basic_auth(&management.user, Some(&management.password))
         .send()
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(chain(&e.without_url())))?;
     if !response.status().is_success() {
         return Err(failed(format!("answered {}", response.status())));
     }
-    let bindings: Vec<Binding> = response.json().await.map_err(|e| failed(e.to_string()))?;
+    let bindings: Vec<Binding> = response
+        .json()
+        .await
+        .map_err(|e| failed(chain(&e.without_url())))?;
     let mut queues: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for binding in bindings.iter().filter(|b| b.destination_type == "queue") {
         if let Some(majors) = majors_bound(event_type, &binding.routing_key) {
