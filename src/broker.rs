@@ -12,12 +12,15 @@ mod backoff;
 mod connection;
 mod dialer;
 mod publisher;
+mod recycle;
 mod topology;
 
 pub use backoff::Backoff;
 pub use connection::{Connector, Link, close_gracefully};
 pub use dialer::{
-    DialError, Dialed, Dialer, Ended, Trouble, address, keep_connected, next_trouble,
+    DialError, Dialed, Dialer, Ended, OwnedConnection, Trouble, address, keep_connected,
+    next_trouble,
 };
 pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
+pub use recycle::{RECYCLE_EVERY, Recycle, SharedChannel, close_later, confirm_channel};
 pub use topology::{PublishTopology, queue_depth};

@@ -78,7 +78,8 @@ enum SchemaCommand {
     Consumers {
         /// The event type.
         event_type: String,
-        /// The management API.
+        /// The management API: a base URL, or a comma-separated list of them (the nodes of
+        /// a cluster), tried in order until one answers.
         #[arg(
             long,
             env = "CAUSEWAY_MANAGEMENT_URL",
@@ -198,8 +199,15 @@ fn schema(command: SchemaCommand) -> ExitCode {
             exchange,
             json,
         } => {
+            let urls = match cli::schema::management_urls(&management_url) {
+                Ok(urls) => urls,
+                Err(error) => {
+                    eprintln!("causeway: {error}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
             let management = cli::schema::Management {
-                url: management_url,
+                urls,
                 user,
                 password,
                 vhost,

@@ -96,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
 
     let broker_shutdown = CancellationToken::new();
     let (connector, link) = Connector::new(&config.broker, &config.service, metrics.clone());
+    let recycle = connector.recycle();
     let broker_task = tokio::spawn(connector.run(broker_shutdown.clone()));
     let (supervisor, states) = Supervisor::new(
         SupervisorConfig {
@@ -118,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
 
     let publisher = Publisher::new(
         link,
+        recycle,
         &config.broker.exchange,
         config.broker.max_in_flight,
         config.broker.confirm_timeout,

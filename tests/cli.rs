@@ -1,4 +1,5 @@
-//! `causeway dlq …` against a running sidecar.
+//! `causeway dlq …` against a running sidecar; `causeway schema consumers` over a list of
+//! management addresses.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -83,10 +84,7 @@ async fn dlq_list_replay_and_purge_work_through_the_api() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "purged 1\n");
 
-    let closed = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let closed = closed_port();
     let (code, _, err) = causeway(&[
         "dlq",
         "list",
@@ -98,4 +96,49 @@ async fn dlq_list_replay_and_purge_work_through_the_api() {
 
     sidecar.cleanup_subscription(&broker, "cli").await;
     sidecar.cleanup(&broker).await;
+}
+
+fn closed_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[test]
+fn schema_consumers_tries_each_management_address_in_order() {
+    let (down, also_down) = (closed_port(), closed_port());
+    let event_type = common::unique("Probe");
+
+    // The first address refuses; the second (the machine's broker) answers.
+    let list = format!("http://127.0.0.1:{down}, http://127.0.0.1:15672");
+    let (code, out, err) = causeway(&[
+        "schema",
+        "consumers",
+        &event_type,
+        "--exchange",
+        "amq.topic",
+        "--management-url",
+        &list,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("no queue on amq.topic receives {event_type}\n")
+    );
+
+    // None answers: the error names each address, without its credentials.
+    let list = format!("http://u:secret@127.0.0.1:{down},http://127.0.0.1:{also_down}");
+    let (code, _, err) = causeway(&[
+        "schema",
+        "consumers",
+        &event_type,
+        "--management-url",
+        &list,
+    ]);
+    assert_eq!(code, 69, "{err}");
+    assert!(err.contains(&format!("http://127.0.0.1:{down}:")), "{err}");
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{also_down}:")),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
 }

@@ -152,6 +152,10 @@ async fn a_subscription_the_broker_refuses_fails_alone_and_recovers_once_fixed()
         .unwrap();
     assert_eq!(ready["subscriptions"]["broken"], "failed", "{ready}");
     assert_eq!(ready["subscriptions"]["healthy"], "consuming", "{ready}");
+    let why = ready["subscription_errors"]["broken"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("PRECONDITION_FAILED"), "{ready}");
     let metrics = sidecar
         .http
         .get(format!("{}/metrics", sidecar.admin))
@@ -393,5 +397,114 @@ async fn dead_letter_operations_before_the_queues_exist_answer_empty() {
     assert_eq!(purged.body, json!({"purged": 0}), "{purged:?}");
 
     sidecar.cleanup_subscription(&broker, "early").await;
+    sidecar.cleanup(&broker).await;
+}
+
+/// The sidecar's established connections to the shared broker (port 5672), from /proc: its
+/// socket inodes, matched against the kernel's TCP table.
+fn broker_connections(pid: u32) -> usize {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // remote address, state (01 = established), inode
+            fields.len() > 9
+                && fields[2].ends_with(":1628")
+                && fields[3] == "01"
+                && inodes.contains(fields[9])
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_dead_letter_operation_its_caller_abandons_leaves_no_connection_or_lock_behind() {
+    let app = TestApp::start().await;
+    let sidecar = Settings::new().app(&app.url).config_file(
+        "[[subscriptions]]\nname = \"gone\"\nevent_type = \"OrderPlaced\"\nroute = \"/gone\"\n",
+    );
+    let sidecar = sidecar.start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let steady = broker_connections(sidecar.pid());
+    assert_eq!(steady, 2, "publishing and consuming connections");
+
+    // Another replica holds the dead-letter lock: listings wait for it, and their callers
+    // give up.
+    let holder = lapin::Connection::connect(common::AMQP_URL, Default::default())
+        .await
+        .unwrap();
+    let lock_channel = holder.create_channel().await.unwrap();
+    let lock = format!("{}.dlq.lock", sidecar.queue("gone"));
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("classic")),
+    );
+    lock_channel
+        .queue_declare(
+            lock.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let abandoned = impatient
+            .get(format!(
+                "{}/v1/subscriptions/gone/dead-letters",
+                sidecar.api
+            ))
+            .send()
+            .await;
+        assert!(
+            abandoned.is_err(),
+            "the listing should have waited for the lock"
+        );
+    }
+    holder.close(200, "released".into()).await.unwrap();
+
+    // The abandoned operations closed their connections; the next listing is prompt.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker_connections(sidecar.pid()) != steady {
+        assert!(
+            Instant::now() < deadline,
+            "abandoned operations left connections open: {}",
+            broker_connections(sidecar.pid())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    let listed = sidecar.dead_letters("gone").await;
+    assert_eq!(listed["total"], 0, "{listed}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the lock was still held: {:?}",
+        started.elapsed()
+    );
+
+    sidecar.cleanup_subscription(&broker, "gone").await;
     sidecar.cleanup(&broker).await;
 }

@@ -71,6 +71,16 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
         .iter()
         .map(|(name, s)| (name.clone(), Value::from(s.state.name())))
         .collect();
+    // The broker's reason for each failed subscription, beside the states.
+    let subscription_errors: serde_json::Map<String, Value> = state
+        .states
+        .borrow()
+        .iter()
+        .filter_map(|(name, s)| match &s.state {
+            ConsumerState::Failed(error) => Some((name.clone(), Value::from(error.as_str()))),
+            _ => None,
+        })
+        .collect();
     let consuming = state
         .states
         .borrow()
@@ -90,6 +100,9 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
         "subscriptions": subscriptions,
         "draining": draining,
     });
+    if !subscription_errors.is_empty() {
+        body["subscription_errors"] = Value::Object(subscription_errors);
+    }
     for (store, store_state) in stores {
         let key = match store {
             Store::Embedded => "store",

@@ -8,13 +8,16 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Channel, Connection, options::ConfirmSelectOptions};
-use tokio::{sync::watch, time::timeout};
+use lapin::{Channel, Connection};
+use tokio::{
+    sync::watch,
+    time::{Instant, timeout},
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    PublishTopology,
+    PublishTopology, RECYCLE_EVERY, Recycle, close_later, confirm_channel,
     dialer::{Dialer, Ended, Trouble, keep_connected, next_trouble},
 };
 use crate::{
@@ -81,6 +84,8 @@ pub struct Connector {
     dialer: Dialer,
     topology: PublishTopology,
     link: watch::Sender<Link>,
+    recycle: Recycle,
+    confirm_timeout: Duration,
     unrouted_depth: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -105,10 +110,17 @@ impl Connector {
             ),
             topology,
             link,
+            recycle: Recycle::default(),
+            confirm_timeout: config.confirm_timeout,
             unrouted_depth: AtomicU64::new(NOT_READ),
             metrics,
         };
         (connector, state)
+    }
+
+    /// Where the publisher asks for a fresh channel after a nack.
+    pub fn recycle(&self) -> Recycle {
+        self.recycle.clone()
     }
 
     /// Runs until `shutdown`, then closes the connection.
@@ -123,14 +135,11 @@ impl Connector {
     /// Declares the topology on a fresh connection, then publishes over it until it fails.
     async fn session(&self, connection: Connection, shutdown: &CancellationToken) -> Ended {
         let setup = async {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+            let channel = confirm_channel(&connection).await?;
             self.topology.declare(&channel).await?;
             Ok::<_, lapin::Error>(channel)
         };
-        let channel = match timeout(SETUP_TIMEOUT, setup).await {
+        let mut channel = match timeout(SETUP_TIMEOUT, setup).await {
             Ok(Ok(channel)) => channel,
             Ok(Err(error)) => {
                 close_gracefully(&connection, &[]).await;
@@ -145,7 +154,7 @@ impl Connector {
         self.metrics.connected(MetricsConnection::Publish, true);
         let mut inspector = None;
         let ended = self
-            .watch(&connection, &channel, &mut inspector, shutdown)
+            .watch(&connection, &mut channel, &mut inspector, shutdown)
             .await;
         self.link.send_replace(Link::Down);
         self.metrics.connected(MetricsConnection::Publish, false);
@@ -157,11 +166,12 @@ impl Connector {
     async fn watch(
         &self,
         connection: &Connection,
-        channel: &Channel,
+        channel: &mut Channel,
         inspector: &mut Option<Channel>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut events = connection.events_listener();
+        let mut replaced: Option<Instant> = None;
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut unrouted = tokio::time::interval(UNROUTED_EVERY);
         loop {
@@ -189,6 +199,28 @@ impl Connector {
                     }
                 }
                 _ = unrouted.tick() => self.check_unrouted(connection, inspector).await,
+                _ = self.recycle.requested() => {
+                    if replaced.is_some_and(|at| at.elapsed() < RECYCLE_EVERY) {
+                        continue;
+                    }
+                    replaced = Some(Instant::now());
+                    match timeout(SETUP_TIMEOUT, confirm_channel(connection)).await {
+                        Ok(Ok(fresh)) => {
+                            let old = std::mem::replace(channel, fresh);
+                            let blocked = matches!(*self.link.borrow(), Link::Blocked(_));
+                            self.link.send_replace(if blocked {
+                                Link::Blocked(channel.clone())
+                            } else {
+                                Link::Up(channel.clone())
+                            });
+                            info!("a publish was nacked; publishing on a fresh channel");
+                            // Confirms still awaited on the old channel may come meanwhile.
+                            close_later(old, self.confirm_timeout);
+                        }
+                        Ok(Err(error)) => warn!(%error, "cannot open a fresh publishing channel"),
+                        Err(_) => warn!("opening a fresh publishing channel timed out"),
+                    }
+                }
             }
         }
     }

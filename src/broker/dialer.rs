@@ -49,14 +49,55 @@ pub struct Dialed {
     index: usize,
 }
 
+/// A connection for one piece of work, closed when the work ends, also when it is cancelled
+/// half-way (an HTTP client that went away, a timeout): a connection dropped without a close
+/// stays open at the broker, with whatever it holds (exclusive queues, unacked messages).
+#[derive(Debug)]
+pub struct OwnedConnection(Option<Connection>);
+
+impl OwnedConnection {
+    /// Owns `connection`.
+    pub fn new(connection: Connection) -> Self {
+        OwnedConnection(Some(connection))
+    }
+
+    /// The connection.
+    pub fn get(&self) -> &Connection {
+        // Only `close` and `drop` take it, and both consume the owner.
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only when consumed"))
+    }
+
+    /// Closes the connection (its channels first), within bounds.
+    pub async fn close(mut self) {
+        if let Some(connection) = self.0.take() {
+            super::close_gracefully(&connection, &[]).await;
+        }
+    }
+}
+
+impl Drop for OwnedConnection {
+    fn drop(&mut self) {
+        let Some(connection) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { super::close_gracefully(&connection, &[]).await });
+        }
+    }
+}
+
 /// Every address of the list refused or timed out.
 #[derive(Debug, thiserror::Error)]
-#[error("no broker address answered ({attempts}); last: {last}")]
+#[error("no broker address answered ({attempts}); last: {address}: {error}")]
 pub struct DialError {
     /// How many addresses were tried.
     pub attempts: usize,
-    /// The last address's error.
-    pub last: String,
+    /// The last address tried, without credentials.
+    pub address: String,
+    /// Its error.
+    pub error: String,
 }
 
 impl Dialer {
@@ -85,7 +126,7 @@ impl Dialer {
     /// One round over the list: the first address that accepts a connection.
     pub async fn dial(&self) -> Result<Dialed, DialError> {
         let start = self.next.load(Ordering::Relaxed);
-        let mut last = String::from("no address");
+        let mut last = (String::from("none"), String::from("no address"));
         for step in 0..self.urls.len() {
             let index = (start + step) % self.urls.len();
             let url = &self.urls[index];
@@ -101,16 +142,22 @@ impl Dialer {
                         index,
                     });
                 }
-                Ok(Err(error)) => last = format!("{address}: {error}"),
-                Err(_) => last = format!("{address}: no answer within {:?}", self.connect_timeout),
+                Ok(Err(error)) => last = (address, error.to_string()),
+                Err(_) => {
+                    last = (
+                        address,
+                        format!("no answer within {:?}", self.connect_timeout),
+                    )
+                }
             }
-            debug!(error = %last, "broker address did not answer");
+            debug!(broker = %last.0, error = %last.1, "broker address did not answer");
         }
         // The next round starts one further on, whatever this one found.
         self.move_past(start);
         Err(DialError {
             attempts: self.urls.len(),
-            last,
+            address: last.0,
+            error: last.1,
         })
     }
 
@@ -165,7 +212,9 @@ pub async fn keep_connected<F, Fut>(
             _ = shutdown.cancelled() => return,
             dialed = dialer.dial() => dialed,
         };
-        let error = match dialed {
+        // What to compare (the error without the address, which changes from round to
+        // round) and what to log.
+        let (error, shown) = match dialed {
             Ok(dialed) => {
                 let address = dialed.address.clone();
                 let index = dialed.index;
@@ -190,23 +239,23 @@ pub async fn keep_connected<F, Fut>(
                             // Straight to the next address: a lost node should cost no wait.
                             continue;
                         }
-                        error
+                        (error.clone(), error)
                     }
-                    Ended::Failed(error) => error,
+                    Ended::Failed(error) => (error.clone(), error),
                 }
             }
-            Err(error) => error.to_string(),
+            Err(error) => (error.error.clone(), error.to_string()),
         };
         match &mut outage {
             Some((_, last)) if *last == error => {
-                debug!(connection = what, %error, "still cannot use the broker")
+                debug!(connection = what, error = %shown, "still cannot use the broker")
             }
             Some((_, last)) => {
-                warn!(connection = what, %error, "cannot connect to the broker");
+                warn!(connection = what, error = %shown, "cannot connect to the broker");
                 *last = error;
             }
             None => {
-                warn!(connection = what, %error, "cannot connect to the broker");
+                warn!(connection = what, error = %shown, "cannot connect to the broker");
                 outage = Some((Instant::now(), error));
             }
         }
@@ -312,7 +361,10 @@ mod tests {
         let dialer = Dialer::new(&urls, Duration::from_secs(1), "test");
         let error = dialer.dial().await.unwrap_err();
         assert_eq!(error.attempts, 3);
-        assert!(!error.last.contains("guest"), "credentials in {error}");
+        assert!(
+            !error.to_string().contains("guest"),
+            "credentials in {error}"
+        );
         assert_eq!(dialer.next.load(Ordering::Relaxed), 1);
     }
 }

@@ -11,7 +11,7 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-use super::Link;
+use super::{Link, Recycle};
 
 /// Publishes to the events exchange with publisher confirms.
 ///
@@ -21,6 +21,7 @@ use super::Link;
 #[derive(Clone, Debug)]
 pub struct Publisher {
     link: watch::Receiver<Link>,
+    recycle: Recycle,
     exchange: ShortString,
     in_flight: Arc<Semaphore>,
     confirm_timeout: Duration,
@@ -66,15 +67,18 @@ impl PublishError {
 }
 
 impl Publisher {
-    /// A publisher to `exchange` over the connector's link.
+    /// A publisher to `exchange` over the connector's link; a nack asks the connector for
+    /// a fresh channel through `recycle`.
     pub fn new(
         link: watch::Receiver<Link>,
+        recycle: Recycle,
         exchange: &str,
         max_in_flight: usize,
         confirm_timeout: Duration,
     ) -> Self {
         Publisher {
             link,
+            recycle,
             // Exchange names are checked at configuration time (at most 200 ASCII bytes).
             exchange: ShortString::from(exchange),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
@@ -141,6 +145,7 @@ impl Publisher {
         Ok(PendingConfirm {
             confirm,
             deadline,
+            recycle: self.recycle.clone(),
             _permit: permit,
         })
     }
@@ -151,13 +156,18 @@ impl Publisher {
 pub struct PendingConfirm {
     confirm: PublisherConfirm,
     deadline: Instant,
+    recycle: Recycle,
     _permit: OwnedSemaphorePermit,
 }
 
 impl PendingConfirm {
     /// Waits for the confirm until the publish's deadline.
     pub async fn confirmed(self) -> Result<(), PublishError> {
-        outcome(timeout_at(self.deadline, self.confirm).await)
+        let outcome = outcome(timeout_at(self.deadline, self.confirm).await);
+        if matches!(outcome, Err(PublishError::Nacked)) {
+            self.recycle.request();
+        }
+        outcome
     }
 }
 

@@ -19,7 +19,7 @@ use super::{
     topology::{self, Queues},
 };
 use crate::{
-    broker::{PublishTopology, queue_depth},
+    broker::{PublishTopology, SharedChannel, queue_depth},
     schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
     subscription::Subscription,
@@ -74,7 +74,7 @@ impl Shared {
     pub(crate) async fn start(
         &self,
         connection: &Connection,
-        republish: &Channel,
+        republish: &Arc<SharedChannel>,
         tasks: &TaskTracker,
         subscription: &Subscription,
     ) -> Result<Worker, ConsumerError> {
@@ -98,7 +98,7 @@ impl Shared {
     async fn consume_on(
         &self,
         channel: &Channel,
-        republish: &Channel,
+        republish: &Arc<SharedChannel>,
         tasks: &TaskTracker,
         subscription: &Subscription,
     ) -> Result<Worker, ConsumerError> {

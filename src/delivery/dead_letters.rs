@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     amqp::{NOT_FOUND, int_header, soft_error, text_header},
-    broker::{DialError, Dialer, PublishError, close_gracefully, publish_confirmed, queue_depth},
+    broker::{DialError, Dialer, OwnedConnection, PublishError, publish_confirmed, queue_depth},
     key_locks::KeyLocks,
 };
 
@@ -237,17 +237,27 @@ impl DeadLetters {
     {
         let _turn = self.turns.lock(dlq).await;
         let work = async {
-            let connection = self.dialer.dial().await?.connection;
+            // Closed on every path, also when the caller goes away half-way: a connection
+            // left open would keep the lock, and the next operations would wait for it.
+            let owned = OwnedConnection::new(self.dialer.dial().await?.connection);
+            let connection = owned.get();
             let result = async {
-                // Released with the connection, whatever happens below.
-                let _lock = lock_across_replicas(&connection, dlq).await?;
-                let depth = depth(&connection, dlq).await?;
-                let channel = connection.create_channel().await?;
-                operation(channel, depth).await
+                let lock = lock_across_replicas(connection, dlq).await?;
+                let result = async {
+                    let depth = depth(connection, dlq).await?;
+                    let channel = connection.create_channel().await?;
+                    let result = operation(channel.clone(), depth).await;
+                    // Closed before the lock goes: whatever the operation still holds is
+                    // back in the queue when the next operation starts.
+                    let _ = channel.close(200, "done".into()).await;
+                    result
+                }
+                .await;
+                lock.release().await;
+                result
             }
             .await;
-            // Closing returns anything still unacknowledged to the queue, and drops the lock.
-            close_gracefully(&connection, &[]).await;
+            owned.close().await;
             result
         };
         timeout(OPERATION_TIMEOUT, work)

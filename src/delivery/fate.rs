@@ -121,15 +121,19 @@ impl Context {
     ) -> Result<(), PublishError> {
         // Queue names are at most 100 + 1 + 100 + 12 ASCII bytes (checked at configuration).
         let routing_key = ShortString::from(queue);
-        publish_confirmed(
-            &self.republish,
+        let published = publish_confirmed(
+            &self.republish.get(),
             ShortString::from(""),
             routing_key,
             body,
             properties,
             Instant::now() + MOVE_TIMEOUT,
         )
-        .await
+        .await;
+        if matches!(published, Err(PublishError::Nacked)) {
+            self.republish.nacked();
+        }
+        published
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use lapin::{Channel, message::Delivery};
+use lapin::message::Delivery;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     amqp::int_header,
+    broker::SharedChannel,
     envelope::Envelope,
     schema::SchemaRegistry,
     store::{Claim, DedupStore, EmbeddedStore, StoreError},
@@ -62,7 +63,7 @@ pub(crate) struct Context {
     pub(crate) store: EmbeddedStore,
     pub(crate) retention: Duration,
     /// A channel in confirm mode on the consuming connection, for retries and dead letters.
-    pub(crate) republish: Channel,
+    pub(crate) republish: Arc<SharedChannel>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) schemas: Arc<SchemaRegistry>,
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use lapin::{Channel, Connection, options::ConfirmSelectOptions};
+use lapin::{Channel, Connection};
 use tokio::{
     sync::watch,
     time::{Instant, timeout},
@@ -18,7 +18,10 @@ use super::{
     topology::{self, Queues},
 };
 use crate::{
-    broker::{Backoff, Dialer, Ended, Trouble, close_gracefully, keep_connected, next_trouble},
+    broker::{
+        Backoff, Dialer, Ended, SharedChannel, Trouble, close_gracefully, confirm_channel,
+        keep_connected, next_trouble,
+    },
     config::BrokerConfig,
     schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
@@ -76,6 +79,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often queue and dead-letter depths are read from the broker for the metrics.
 const DEPTHS_EVERY: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a replaced republish channel stays open for the confirms still awaited on it
+/// (a move waits at most this long).
+const MOVE_LINGER: Duration = Duration::from_secs(10);
 
 impl Supervisor {
     /// A supervisor following `desired`; the receiver follows the subscriptions' states.
@@ -128,15 +134,8 @@ impl Supervisor {
 
     /// Runs the consumers on one connection until it fails or `shutdown`.
     async fn session(&self, connection: Connection, shutdown: &CancellationToken) -> Ended {
-        let republish = async {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            Ok::<_, lapin::Error>(channel)
-        };
-        let republish = match timeout(self.connect_timeout, republish).await {
-            Ok(Ok(channel)) => channel,
+        let republish = match timeout(self.connect_timeout, confirm_channel(&connection)).await {
+            Ok(Ok(channel)) => Arc::new(SharedChannel::new(channel, "retries and dead letters")),
             Ok(Err(error)) => return Ended::Failed(error.to_string()),
             Err(_) => return Ended::Failed("opening the consumer channel timed out".into()),
         };
@@ -150,7 +149,8 @@ impl Supervisor {
         self.shared
             .metrics
             .connected(MetricsConnection::Consume, false);
-        close_gracefully(&connection, &[Some(&republish), inspector.as_ref()]).await;
+        republish.close().await;
+        close_gracefully(&connection, &[inspector.as_ref()]).await;
         self.board.all_starting(&self.desired.borrow());
         ended
     }
@@ -159,7 +159,7 @@ impl Supervisor {
     async fn serve(
         &self,
         connection: &Connection,
-        republish: &Channel,
+        republish: &Arc<SharedChannel>,
         inspector: &mut Option<Channel>,
         shutdown: &CancellationToken,
     ) -> Ended {
@@ -189,10 +189,17 @@ impl Supervisor {
                     }
                 }
                 _ = check.tick() => {
-                    if !connection.status().connected() || !republish.status().connected() {
-                        break Ended::Lost("connection or channel closed".into());
+                    if !connection.status().connected() {
+                        break Ended::Lost("connection closed".into());
+                    }
+                    if !republish.get().status().connected() {
+                        // Closed by the broker: moves would fail until a fresh one is open.
+                        republish.nacked();
                     }
                     self.collect_ended(&mut consumers).await;
+                }
+                _ = republish.requested() => {
+                    republish.replace(connection, MOVE_LINGER).await;
                 }
                 _ = depths.tick() => {
                     let running = consumers.running.values().map(|w| &w.subscription);
@@ -319,7 +326,7 @@ impl Supervisor {
     async fn start_due(
         &self,
         connection: &Connection,
-        republish: &Channel,
+        republish: &Arc<SharedChannel>,
         tasks: &TaskTracker,
         consumers: &mut Consumers,
     ) {

@@ -203,7 +203,12 @@ pub async fn upgrade_dead_letters(
             }
             Ok(())
         }
-        Err(error) if soft_error(&error) == Some(PRECONDITION_FAILED) => {
+        // Only a queue of another type is upgraded; any other difference in arguments is
+        // the subscription's failure to report, with the broker's reason.
+        Err(error)
+            if soft_error(&error) == Some(PRECONDITION_FAILED)
+                && error.to_string().contains("'x-queue-type'") =>
+        {
             let lock = lock_across_replicas(connection, &queues.dlq).await?;
             let upgraded = upgrade_classic(connection, queues).await;
             lock.release().await;
@@ -320,20 +325,44 @@ async fn exists(connection: &Connection, queue: &str) -> lapin::Result<bool> {
 pub(crate) struct ReplicaLock {
     channel: Channel,
     queue: String,
+    released: bool,
 }
 
 impl ReplicaLock {
     /// Deletes the lock queue, so that the next replica can take it.
-    pub(crate) async fn release(self) {
-        let deleted = self
-            .channel
-            .queue_delete(name(&self.queue), QueueDeleteOptions::default())
-            .await;
-        if let Err(error) = deleted {
-            warn!(%error, queue = %self.queue, "cannot release the dead-letter lock; it goes with the connection");
-        }
-        let _ = self.channel.close(200, "unlocked".into()).await;
+    pub(crate) async fn release(mut self) {
+        self.released = true;
+        unlock(&self.channel, &self.queue).await;
     }
+}
+
+impl Drop for ReplicaLock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        // Dropped unreleased (a timeout cut the work short): release in the background, as
+        // the connection that holds the lock may live on for long.
+        let channel = self.channel.clone();
+        let queue = std::mem::take(&mut self.queue);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { unlock(&channel, &queue).await });
+        }
+    }
+}
+
+async fn unlock(channel: &Channel, queue: &str) {
+    if !channel.status().connected() {
+        // Gone with its channel's connection, or released with it.
+        return;
+    }
+    let deleted = channel
+        .queue_delete(name(queue), QueueDeleteOptions::default())
+        .await;
+    if let Err(error) = deleted {
+        warn!(%error, queue, "cannot release the dead-letter lock; it goes with the connection");
+    }
+    let _ = channel.close(200, "unlocked".into()).await;
 }
 
 /// Takes the [`ReplicaLock`] of `dlq`. A replica that finds it held (RESOURCE_LOCKED) waits
@@ -353,7 +382,13 @@ pub(crate) async fn lock_across_replicas(
             ..QueueDeclareOptions::default()
         };
         match channel.queue_declare(name(&queue), options, args).await {
-            Ok(_) => return Ok(ReplicaLock { channel, queue }),
+            Ok(_) => {
+                return Ok(ReplicaLock {
+                    channel,
+                    queue,
+                    released: false,
+                });
+            }
             Err(error) if soft_error(&error) == Some(RESOURCE_LOCKED) => {
                 tokio::time::sleep(backoff.next_delay()).await;
             }

@@ -70,8 +70,8 @@ pub struct KeyRecord {
     pub event_id: Option<String>,
     /// When the 202 came, from the start of the stream.
     pub accepted_at: Option<Duration>,
-    /// The slowest answer of this key.
-    pub slowest: Duration,
+    /// How long each answer took, in order.
+    pub took: Vec<Duration>,
 }
 
 impl KeyRecord {
@@ -146,8 +146,9 @@ pub struct Summary {
     pub recovery: Duration,
     /// The longest time without a delivery while accepted events were still on their way.
     pub delivery_gap: Duration,
-    /// The slowest publish answer.
+    /// The slowest publish answer, and the slowest 503.
     pub slowest_answer: Duration,
+    pub slowest_503: Duration,
 }
 
 impl Summary {
@@ -156,7 +157,7 @@ impl Summary {
         format!(
             "fault-suite: scenario={} events={} accepted={} refused_503={} answers_503={} \
              answers_504={} unresolved={} lost={} duplicates={} recovery_ms={} \
-             delivery_gap_ms={} slowest_answer_ms={}",
+             delivery_gap_ms={} slowest_answer_ms={} slowest_503_ms={}",
             self.scenario,
             self.events,
             self.accepted,
@@ -168,7 +169,8 @@ impl Summary {
             self.duplicates,
             self.recovery.as_millis(),
             self.delivery_gap.as_millis(),
-            self.slowest_answer.as_millis()
+            self.slowest_answer.as_millis(),
+            self.slowest_503.as_millis()
         )
     }
 }
@@ -322,7 +324,7 @@ impl Attempt {
                 Ok(response) => Some(super::read(response).await),
                 Err(_) => None,
             };
-            record.slowest = record.slowest.max(sent.elapsed());
+            record.took.push(sent.elapsed());
             self.answered.fetch_add(1, Ordering::SeqCst);
             let status = answer.as_ref().map_or(0, |a| a.status);
             record.statuses.push(status);
@@ -469,14 +471,32 @@ impl Published {
             duplicates,
             recovery: self.longest_gap(),
             delivery_gap: self.delivery_gap(&received),
-            slowest_answer: self
-                .keys
-                .iter()
-                .map(|k| k.slowest)
-                .max()
-                .unwrap_or_default(),
+            slowest_answer: self.slowest(|_| true),
+            slowest_503: self.slowest(|status| status == 503),
         };
         (summary, problems)
+    }
+
+    /// How long after `at` the first publish answered 202 came (a recovery time).
+    pub fn first_accepted_after(&self, at: Instant) -> Option<Duration> {
+        let since_start = at.saturating_duration_since(self.started);
+        self.keys
+            .iter()
+            .filter_map(|k| k.accepted_at)
+            .filter(|accepted| *accepted >= since_start)
+            .min()
+            .map(|accepted| accepted - since_start)
+    }
+
+    /// The slowest answer whose status passes `filter`.
+    fn slowest(&self, filter: impl Fn(u16) -> bool) -> Duration {
+        self.keys
+            .iter()
+            .flat_map(|k| k.statuses.iter().zip(&k.took))
+            .filter(|(status, _)| filter(**status))
+            .map(|(_, took)| *took)
+            .max()
+            .unwrap_or_default()
     }
 
     /// The longest time without a 202 between the start and the end of the stream.
