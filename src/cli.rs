@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::config::without_credentials;
+
 /// Where the sidecar's API is and how to authenticate.
 #[derive(Clone, Debug)]
 pub struct ApiTarget {
@@ -48,7 +50,7 @@ pub enum DlqCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The API could not be reached.
-    #[error("cannot reach the causeway API at {url}: {source}")]
+    #[error("cannot reach the causeway API at {url}: {}", chain(.source))]
     Unreachable {
         /// The URL tried.
         url: String,
@@ -67,6 +69,19 @@ pub enum CliError {
         /// The problem's detail.
         detail: String,
     },
+}
+
+/// The error and its causes on one line ("error sending request: client error (Connect):
+/// tcp connect error: Connection refused (os error 111)").
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs a dead-letter command and returns what to print.
@@ -112,13 +127,15 @@ async fn call(
     body: Option<Value>,
 ) -> Result<Value, CliError> {
     let url = format!("{}{path}", target.url.trim_end_matches('/'));
+    // What is shown of the URL and of the client's errors, without any credentials in it.
+    let unreachable = |source: reqwest::Error| CliError::Unreachable {
+        url: without_credentials(&url),
+        source: source.without_url(),
+    };
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
-        .map_err(|source| CliError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+        .map_err(unreachable)?;
     let mut request = client.request(method, &url);
     if let Some(token) = &target.token {
         request = request.bearer_auth(token);
@@ -128,13 +145,7 @@ async fn call(
             .header("content-type", "application/json")
             .body(body.to_string());
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|source| CliError::Unreachable {
-            url: url.clone(),
-            source,
-        })?;
+    let response = request.send().await.map_err(unreachable)?;
     let status = response.status().as_u16();
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     if (200..300).contains(&status) {

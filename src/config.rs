@@ -5,18 +5,33 @@
 //! (`CAUSEWAY_MAX_BODY`); in the TOML file it is the lower-case name (`max_body = "2MiB"`).
 //! The environment wins over the file, as Kubernetes users expect. Every invalid value is
 //! collected and reported together, so one restart fixes them all.
+//!
+//! The environment is read as bytes: a variable that is not UTF-8 is a problem named by the
+//! variable when something reads it, and is ignored otherwise. No problem repeats a value
+//! that may hold a secret.
+
+mod app_url;
+mod env;
+mod values;
 
 use std::{
     collections::HashMap,
+    ffi::OsString,
     fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
-use lapin::uri::{AMQPScheme, AMQPUri};
 use serde::Deserialize;
+
+pub use app_url::AppUrl;
+use env::{Environment, PREFIX};
+pub use values::without_credentials;
+use values::{
+    parse_addr, parse_amqp_urls, parse_bool, parse_broker_name, parse_count, parse_duration,
+    parse_log_format, parse_name, parse_path, parse_redis_url, parse_size, parse_token, with_value,
+};
 
 use crate::subscription::{Subscription, SubscriptionSpec};
 
@@ -35,7 +50,7 @@ pub struct Config {
     /// The broker connection.
     pub broker: BrokerConfig,
     /// Base URL of the local app, for deliveries.
-    pub app_url: String,
+    pub app_url: AppUrl,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Optional shared dedup store (`redis://…`).
@@ -141,16 +156,26 @@ const KEYS: &[&str] = &[
 impl Config {
     /// Reads the process environment and, when named, the TOML file.
     pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().collect();
-        let file = file
-            .map(Path::to_path_buf)
-            .or_else(|| env.get(CONFIG_FILE_VAR).map(PathBuf::from));
-        Self::load(file.as_deref(), &env)
+        Self::from_vars(file, std::env::vars_os())
+    }
+
+    /// Builds the configuration from environment variables as the process got them (any
+    /// bytes) and the optional file; `file` wins over `CAUSEWAY_CONFIG`.
+    pub fn from_vars(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (OsString, OsString)>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(file, &Environment::read(vars))
     }
 
     /// Builds the configuration from the given environment and optional file.
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let mut reader = Reader::new(env, file);
+        Self::build(file, &Environment::from_text(env))
+    }
+
+    fn build(file: Option<&Path>, env: &Environment) -> Result<Self, ConfigError> {
+        let file = file.map(Path::to_path_buf).or(env.config_file.clone());
+        let mut reader = Reader::new(env, file.as_deref());
         let config = reader.read();
         match config {
             Some(config) if reader.errors.is_empty() => Ok(config),
@@ -161,17 +186,17 @@ impl Config {
 
 /// Collects values from the environment and the file, and the problems found with them.
 struct Reader<'a> {
-    env: &'a HashMap<String, String>,
+    env: &'a Environment,
     file: Option<(String, toml::Table)>,
     errors: Vec<Invalid>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(env: &'a HashMap<String, String>, path: Option<&Path>) -> Self {
+    fn new(env: &'a Environment, path: Option<&Path>) -> Self {
         let mut reader = Reader {
             env,
             file: None,
-            errors: Vec::new(),
+            errors: env.unreadable.clone(),
         };
         if let Some(path) = path {
             reader.open_file(path);
@@ -207,10 +232,19 @@ impl<'a> Reader<'a> {
         self.errors.push(Invalid { origin, problem });
     }
 
+    /// Whether the key's variable is set to something that is not UTF-8 (already reported).
+    fn unreadable(&self, key: &str) -> bool {
+        let var = format!("{PREFIX}{}", key.to_ascii_uppercase());
+        self.env
+            .unreadable
+            .iter()
+            .any(|invalid| invalid.origin == var)
+    }
+
     /// The raw value of a key and where it came from; the environment wins over the file.
     fn raw(&mut self, key: &str) -> Option<(String, String)> {
-        let var = format!("CAUSEWAY_{}", key.to_ascii_uppercase());
-        if let Some(value) = self.env.get(&var) {
+        let var = format!("{PREFIX}{}", key.to_ascii_uppercase());
+        if let Some(value) = self.env.text.get(&var) {
             return Some((var, value.clone()));
         }
         let (name, table) = self.file.as_ref()?;
@@ -234,12 +268,15 @@ impl<'a> Reader<'a> {
         default: Option<&str>,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
+        if self.unreadable(key) {
+            return None;
+        }
         let (origin, value) = match self.raw(key) {
             Some(found) => found,
             None => match default {
                 Some(default) => (format!("default of {key}"), default.to_owned()),
                 None => {
-                    let var = format!("CAUSEWAY_{}", key.to_ascii_uppercase());
+                    let var = format!("{PREFIX}{}", key.to_ascii_uppercase());
                     self.invalid(var, "required but not set".into());
                     return None;
                 }
@@ -261,6 +298,9 @@ impl<'a> Reader<'a> {
         key: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<Option<T>> {
+        if self.unreadable(key) {
+            return None;
+        }
         let (origin, value) = match self.raw(key) {
             Some((_, value)) if value.trim().is_empty() => return Some(None),
             Some(found) => found,
@@ -286,11 +326,13 @@ impl<'a> Reader<'a> {
             Some("amqp://guest:guest@127.0.0.1:5672/%2f"),
             parse_amqp_urls,
         );
-        let exchange = self.get("exchange", Some("causeway.events"), |v| parse_name(v, 200));
-        let unrouted = self.get("unrouted_queue", Some("causeway.unrouted"), |v| {
-            parse_name(v, 200)
-        });
-        let app_url = self.get("app_url", Some("http://127.0.0.1:8080"), parse_http_url);
+        let exchange = self.get("exchange", Some("causeway.events"), parse_broker_name);
+        let unrouted = self.get(
+            "unrouted_queue",
+            Some("causeway.unrouted"),
+            parse_broker_name,
+        );
+        let app_url = self.get("app_url", Some("http://127.0.0.1:8080"), AppUrl::parse);
         let data_dir = self.get("data_dir", Some("/var/lib/causeway"), parse_path);
         let dedup_url = self.optional("dedup_url", parse_redis_url);
         let schemas_dir = self.optional("schemas_dir", parse_path);
@@ -313,6 +355,12 @@ impl<'a> Reader<'a> {
             parse_count(v, 64)
         });
         let subscriptions = self.subscriptions();
+        self.check_names(
+            service.as_deref(),
+            exchange.as_deref(),
+            unrouted.as_deref(),
+            subscriptions.as_deref(),
+        );
         Some(Config {
             service: service?,
             api_addr: api_addr?,
@@ -342,12 +390,13 @@ impl<'a> Reader<'a> {
     }
 
     /// `CAUSEWAY_*` variables no setting reads. Kubernetes adds `{SERVICE}_SERVICE_HOST` and
-    /// `{SERVICE}_PORT…` for a Service named "causeway": those are expected, not typos.
+    /// `{SERVICE}_PORT…` for a Service named "causeway": those are expected, not typos. So
+    /// are the variables of the command-line tools.
     fn unknown_variables(&self) -> Vec<String> {
         let mut unknown: Vec<String> = self
             .env
-            .keys()
-            .filter_map(|name| name.strip_prefix("CAUSEWAY_").map(|rest| (name, rest)))
+            .causeway_names()
+            .filter_map(|name| name.strip_prefix(PREFIX).map(|rest| (name, rest)))
             .filter(|(_, rest)| {
                 let key = rest.to_ascii_lowercase();
                 !KEYS.contains(&key.as_str())
@@ -360,6 +409,56 @@ impl<'a> Reader<'a> {
             .collect();
         unknown.sort();
         unknown
+    }
+
+    /// The events exchange and the unrouted exchange must differ: the sidecar declares one
+    /// as a topic and the other as a fanout exchange, and the broker refuses the second
+    /// declaration of a name with another type, every time, so the sidecar would never
+    /// become ready. The unrouted queue must not be a subscription's queue either, or the
+    /// subscription would receive every unrouted event.
+    fn check_names(
+        &mut self,
+        service: Option<&str>,
+        exchange: Option<&str>,
+        unrouted: Option<&str>,
+        subscriptions: Option<&[Subscription]>,
+    ) {
+        let Some(unrouted) = unrouted else {
+            return;
+        };
+        if exchange == Some(unrouted) {
+            let origin = self.origin("unrouted_queue");
+            let problem = format!(
+                "the events exchange is also named {unrouted:?}: the unrouted exchange and queue need a name of their own"
+            );
+            self.invalid(origin, problem);
+        }
+        let (Some(service), Some(subscriptions)) = (service, subscriptions) else {
+            return;
+        };
+        for subscription in subscriptions {
+            let queue = format!("{service}.{}", subscription.name);
+            if unrouted == queue || unrouted.starts_with(&format!("{queue}.")) {
+                let origin = self.origin("unrouted_queue");
+                let problem = format!(
+                    "{unrouted:?} is a queue of subscription {:?}: the unrouted queue needs a name of its own",
+                    subscription.name
+                );
+                self.invalid(origin, problem);
+            }
+        }
+    }
+
+    /// Where a key's value came from, for a problem found when combining settings.
+    fn origin(&self, key: &str) -> String {
+        let var = format!("{PREFIX}{}", key.to_ascii_uppercase());
+        if self.env.text.contains_key(&var) {
+            return var;
+        }
+        match &self.file {
+            Some((name, table)) if table.contains_key(key) => format!("{key} in {name}"),
+            _ => format!("default of {key}"),
+        }
     }
 
     /// The `[[subscriptions]]` of the file, each with a `name` and the fields of the API.
@@ -431,177 +530,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The problem, with the value that caused it unless the value may hold a secret (URLs
-/// with credentials, the API token).
-fn with_value(key: &str, problem: &str, value: &str) -> String {
-    if matches!(key, "amqp_url" | "dedup_url" | "api_token") {
-        format!("{problem} (value not shown: it may hold a secret)")
-    } else {
-        format!("{problem} (got {value:?})")
-    }
-}
-
-/// A name usable in AMQP exchange and queue names: the service, the exchange.
-fn parse_name(value: &str, max: usize) -> Result<String, String> {
-    let valid = !value.is_empty()
-        && value.len() <= max
-        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if valid {
-        Ok(value.to_owned())
-    } else {
-        Err(format!(
-            "expected 1-{max} characters of letters, digits, '-', '_', '.', ':', starting with a letter or digit"
-        ))
-    }
-}
-
-fn parse_addr(value: &str) -> Result<SocketAddr, String> {
-    value
-        .parse()
-        .map_err(|_| "expected an IP address and port such as 127.0.0.1:7070".into())
-}
-
-/// Most broker addresses in `CAUSEWAY_AMQP_URL`.
-const MAX_BROKER_URLS: usize = 16;
-
-/// A comma-separated list of AMQP URIs, like the address lists of RabbitMQ's own clients:
-/// the nodes of one cluster, each with its own credentials and vhost or the same.
-fn parse_amqp_urls(value: &str) -> Result<Vec<String>, String> {
-    let mut urls = Vec::new();
-    for (index, part) in value.split(',').enumerate() {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err(format!("address {} of the list is empty", index + 1));
-        }
-        let url = parse_amqp_url(part).map_err(|problem| {
-            if value.contains(',') {
-                format!("address {} of the list: {problem}", index + 1)
-            } else {
-                problem
-            }
-        })?;
-        if !urls.contains(&url) {
-            urls.push(url);
-        }
-    }
-    if urls.len() > MAX_BROKER_URLS {
-        return Err(format!("expected at most {MAX_BROKER_URLS} addresses"));
-    }
-    Ok(urls)
-}
-
-/// Parses the AMQP URI and fills in two defaults the user did not set:
-/// - `heartbeat=10`, so that a dead peer is noticed in seconds, not the broker's minute;
-/// - `frame_max=16384`: the client keeps two buffers of 32 frames per connection, which
-///   at the broker's 128 KiB frames is 8 MiB of memory per connection. Events are small;
-///   a larger body is simply sent in more frames.
-fn parse_amqp_url(value: &str) -> Result<String, String> {
-    let uri = AMQPUri::from_str(value).map_err(|error| format!("not an AMQP URI: {error}"))?;
-    if !matches!(uri.scheme, AMQPScheme::AMQP | AMQPScheme::AMQPS) {
-        return Err("expected an amqp:// or amqps:// URI".into());
-    }
-    let mut url = value.to_owned();
-    for (missing, default) in [
-        (uri.query.heartbeat.is_none(), "heartbeat=10"),
-        (uri.query.frame_max.is_none(), "frame_max=16384"),
-    ] {
-        if missing {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(default);
-        }
-    }
-    Ok(url)
-}
-
-/// The app's URL: plain HTTP, as the app shares the pod's loopback with the sidecar.
-fn parse_http_url(value: &str) -> Result<String, String> {
-    let rest = value
-        .strip_prefix("http://")
-        .ok_or("expected an http:// URL (the app is reached over the pod's loopback)")?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err("the URL has no host".into());
-    }
-    Ok(value.trim_end_matches('/').to_owned())
-}
-
-fn parse_redis_url(value: &str) -> Result<String, String> {
-    if value.starts_with("redis://") {
-        Ok(value.to_owned())
-    } else {
-        Err("expected a redis:// URL (TLS to Redis is not supported)".into())
-    }
-}
-
-fn parse_path(value: &str) -> Result<PathBuf, String> {
-    if value.is_empty() {
-        return Err("expected a path".into());
-    }
-    Ok(PathBuf::from(value))
-}
-
-fn parse_token(value: &str) -> Result<String, String> {
-    if value.len() < 16 || !value.chars().all(|c| c.is_ascii_graphic()) {
-        return Err("expected at least 16 printable ASCII characters without spaces".into());
-    }
-    Ok(value.to_owned())
-}
-
-/// A byte size: `1048576`, `512KiB`, `1MiB`, `1mb`.
-fn parse_size(value: &str) -> Result<usize, String> {
-    let problem = || String::from("expected a size such as 1048576, 512KiB or 1MiB");
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (digits, unit) = value.split_at(split);
-    let number: usize = digits.parse().map_err(|_| problem())?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        _ => return Err(problem()),
-    };
-    let size = number.checked_mul(factor).ok_or_else(problem)?;
-    if size == 0 || size > 64 * 1024 * 1024 {
-        return Err("expected a size between 1 byte and 64MiB".into());
-    }
-    Ok(size)
-}
-
-/// A duration: `250ms`, `5s`, `7d`, `1h 30m`.
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(value)
-        .map_err(|_| String::from("expected a duration such as 500ms, 5s, 10m or 7d"))?;
-    if duration.is_zero() {
-        return Err("expected a duration above zero".into());
-    }
-    Ok(duration)
-}
-
-fn parse_count(value: &str, max: usize) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number from 1 to {max}")),
-    }
-}
-
-fn parse_bool(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-fn parse_log_format(value: &str) -> Result<LogFormat, String> {
-    match value {
-        "json" => Ok(LogFormat::Json),
-        "text" => Ok(LogFormat::Text),
-        _ => Err("expected json or text".into()),
-    }
-}
-
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ mod state;
 mod supervisor;
 pub mod topology;
 
-pub use app::{AppClient, InvalidAppUrl};
+pub use app::AppClient;
 pub use consumer::ConsumerError;
 pub use dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Replayed};
 pub use state::{State, States, SubscriptionState};

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -41,7 +41,8 @@ enum Command {
             long,
             global = true,
             env = "CAUSEWAY_API_URL",
-            default_value = "http://127.0.0.1:7070"
+            default_value = "http://127.0.0.1:7070",
+            hide_env_values = true
         )]
         api: String,
         /// The API's bearer token, when it requires one.
@@ -82,7 +83,8 @@ enum SchemaCommand {
         #[arg(
             long,
             env = "CAUSEWAY_MANAGEMENT_URL",
-            default_value = "http://127.0.0.1:15672"
+            default_value = "http://127.0.0.1:15672",
+            hide_env_values = true
         )]
         management_url: String,
         /// Management API user.
@@ -117,7 +119,10 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return command_line_error(&error),
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
         Command::Dlq {
@@ -126,6 +131,46 @@ fn main() -> ExitCode {
             token,
         } => dlq(command, &ApiTarget { url: api, token }),
         Command::Schema { command } => schema(command),
+    }
+}
+
+/// Clap's own message and exit code, except for a variable the command reads that is not
+/// UTF-8: clap would blame "one or more arguments"; this names the variable (and never
+/// shows its value), as a configuration error.
+fn command_line_error(error: &clap::Error) -> ExitCode {
+    let arguments_are_text = std::env::args_os().all(|arg| arg.into_string().is_ok());
+    if error.kind() == ErrorKind::InvalidUtf8 && arguments_are_text {
+        let mut names = Vec::new();
+        env_not_utf8(&Cli::command(), &mut names);
+        names.sort();
+        names.dedup();
+        if !names.is_empty() {
+            eprintln!(
+                "causeway: invalid configuration ({} problem(s)):",
+                names.len()
+            );
+            for name in names {
+                eprintln!("  {name}: the value is not valid UTF-8 (value not shown)");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let _ = error.print();
+    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_USAGE))
+}
+
+/// The variables that `command` and its subcommands read whose value is not UTF-8.
+fn env_not_utf8(command: &clap::Command, names: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        if let Some(name) = arg.get_env() {
+            let unreadable = std::env::var_os(name).is_some_and(|v| v.into_string().is_err());
+            if unreadable {
+                names.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    for sub in command.get_subcommands() {
+        env_not_utf8(sub, names);
     }
 }
 

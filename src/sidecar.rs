@@ -51,9 +51,6 @@ pub enum SidecarError {
     /// A schema could not be loaded: a configuration error.
     #[error("schemas: {0}")]
     Schema(#[from] SchemaError),
-    /// The HTTP client for the app could not be built.
-    #[error("cannot build the app client: {0}")]
-    AppClient(#[from] crate::delivery::InvalidAppUrl),
     /// A listener failed while serving.
     #[error("the {name} listener failed: {source}")]
     Serve {
@@ -87,7 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         None => (Arc::new(store.clone()), None),
     };
     let registry = Arc::new(Registry::load(config.subscriptions.clone(), store.clone())?);
-    let app = AppClient::new(&config.app_url)?;
+    let app = AppClient::new(&config.app_url);
     let api_listener = bind(config.api_addr).await?;
     let admin_listener = bind(config.admin_addr).await?;
     info!(

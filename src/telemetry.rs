@@ -15,7 +15,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, layer::SubscriberExt};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, without_credentials};
 pub use propagation::{TraceExt, context_of, current_trace_id, field_table_trace, trace_of};
 
 /// What is logged when `RUST_LOG` is unset: causeway at info.
@@ -63,8 +63,7 @@ fn log_filter(rust_log: Option<&str>) -> EnvFilter {
 pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryError> {
     // OTEL_SERVICE_NAME wins when set; otherwise the service is CAUSEWAY_SERVICE.
     // OTEL_RESOURCE_ATTRIBUTES is read by the builder's own detectors.
-    let service_name = std::env::var("OTEL_SERVICE_NAME")
-        .ok()
+    let service_name = var("OTEL_SERVICE_NAME")
         .filter(|name| !name.trim().is_empty())
         .unwrap_or_else(|| service.to_owned());
     let resource = Resource::builder().with_service_name(service_name).build();
@@ -86,7 +85,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
             .boxed()
     });
 
-    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let filter = log_filter(var("RUST_LOG").as_deref());
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -128,28 +127,33 @@ impl Telemetry {
     }
 }
 
+/// A variable's value; `None` when unset or not UTF-8 (the configuration has refused to
+/// start with a telemetry variable that is not UTF-8, naming it).
+fn var(name: &str) -> Option<String> {
+    std::env::var_os(name).and_then(|value| value.into_string().ok())
+}
+
 /// Spans are made unless the SDK is disabled or the sampler drops every one of them.
 fn spans_wanted() -> bool {
-    let is = |name: &str, value: &str| {
-        std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
-    };
+    let is =
+        |name: &str, value: &str| var(name).is_some_and(|v| v.trim().eq_ignore_ascii_case(value));
     !is("OTEL_SDK_DISABLED", "true") && !is("OTEL_TRACES_SAMPLER", "always_off")
 }
 
 /// Spans are exported when an OTLP endpoint is configured and the SDK is not disabled.
 fn exporter_wanted() -> bool {
-    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
 /// The OTLP exporter for `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`: `http/protobuf` (the
 /// default) or `grpc`. Endpoint, headers and timeout come from the standard variables.
 fn exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_else(|_| "http/protobuf".into());
+    let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "http/protobuf".into());
     let built = match protocol.trim() {
         "grpc" => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -164,5 +168,6 @@ fn exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
             )));
         }
     };
-    built.map_err(|e| TelemetryError::Exporter(e.to_string()))
+    // The builder's error may quote the endpoint, which may hold credentials.
+    built.map_err(|e| TelemetryError::Exporter(without_credentials(&e.to_string())))
 }

@@ -1,4 +1,6 @@
-use super::*;
+use std::{ffi::OsString, os::unix::ffi::OsStringExt};
+
+use super::{values::*, *};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -261,4 +263,212 @@ fn values_that_may_hold_secrets_are_not_echoed() {
         "{text}"
     );
     assert!(text.contains("\"https://127.0.0.1:8080\""), "{text}");
+}
+
+fn os_env(pairs: &[(&str, &[u8])]) -> Vec<(OsString, OsString)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from_vec(v.to_vec())))
+        .collect()
+}
+
+#[test]
+fn a_setting_that_is_not_utf8_is_named_without_its_value() {
+    let error = Config::from_vars(
+        None,
+        os_env(&[
+            ("CAUSEWAY_SERVICE", b"orders"),
+            ("CAUSEWAY_AMQP_URL", b"amqp://u:hunter2\xff@rabbit"),
+            ("CAUSEWAY_API_TOKEN", b"hunter2hunter2hunter2\xfe"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", b"authorization=hunter2\xff"),
+            ("RUST_LOG", b"\xffinfo"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        origins(&error),
+        [
+            "CAUSEWAY_AMQP_URL",
+            "CAUSEWAY_API_TOKEN",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "RUST_LOG"
+        ]
+    );
+    let text = error.to_string();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("not valid UTF-8"), "{text}");
+}
+
+#[test]
+fn variables_nothing_reads_may_hold_any_bytes() {
+    let config = Config::from_vars(
+        None,
+        os_env(&[
+            ("CAUSEWAY_SERVICE", b"orders"),
+            ("UNRELATED_DB_PASSWORD", b"hunter2\xff"),
+            ("LANG", b"\xc3\x28"),
+            ("CAUSEWAY_API_URL", b"http://\xff"),
+            ("CAUSEWAY_MAX_BODYY", b"\xff"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.service, "orders");
+    assert_eq!(
+        config.warnings,
+        ["CAUSEWAY_MAX_BODYY is set but no setting reads it (a typo?)"]
+    );
+    let mut name = b"CAUSEWAY_\xff".to_vec();
+    name.extend_from_slice(b"X");
+    let vars = vec![
+        (OsString::from("CAUSEWAY_SERVICE"), OsString::from("orders")),
+        (OsString::from_vec(name), OsString::from("1")),
+    ];
+    let config = Config::from_vars(None, vars).unwrap();
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].starts_with("CAUSEWAY_\u{fffd}X"));
+}
+
+#[test]
+fn the_config_file_may_have_any_path() {
+    let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut path = dir.clone().into_os_string().into_vec();
+    path.extend_from_slice(b"/caus\xffeway.toml");
+    let path = OsString::from_vec(path);
+    std::fs::write(&path, "service = \"billing\"\n").unwrap();
+    let config = Config::from_vars(None, vec![(OsString::from(CONFIG_FILE_VAR), path)]).unwrap();
+    assert_eq!(config.service, "billing");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn broker_names_that_cannot_be_declared_are_refused() {
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_EXCHANGE", "amq.topic"),
+            ("CAUSEWAY_UNROUTED_QUEUE", "amq.unrouted"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        origins(&error),
+        ["CAUSEWAY_EXCHANGE", "CAUSEWAY_UNROUTED_QUEUE"]
+    );
+    assert!(error.to_string().contains("reserved"), "{error}");
+
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_EXCHANGE", "shared.events"),
+            ("CAUSEWAY_UNROUTED_QUEUE", "shared.events"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(origins(&error), ["CAUSEWAY_UNROUTED_QUEUE"]);
+    assert!(error.to_string().contains("events exchange"), "{error}");
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_UNROUTED_QUEUE", "causeway.events"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(origins(&error), ["CAUSEWAY_UNROUTED_QUEUE"]);
+}
+
+#[test]
+fn an_unrouted_queue_that_is_a_subscription_queue_is_refused() {
+    let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("causeway.toml");
+    std::fs::write(
+        &path,
+        "service = \"orders\"\nunrouted_queue = \"orders.audit.dlq\"\n\n[[subscriptions]]\nname = \"audit\"\nevent_type = \"OrderPlaced\"\nroute = \"/audit\"\n",
+    )
+    .unwrap();
+    let error = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+    assert_eq!(
+        origins(&error),
+        [format!("unrouted_queue in {}", path.display())]
+    );
+    assert!(
+        error.to_string().contains("subscription \"audit\""),
+        "{error}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn app_urls_the_client_cannot_use_as_written_are_refused_without_credentials() {
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_APP_URL", "http://127.0.0.1:99999"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("out of range"), "{error}");
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_APP_URL", "http://user:hunter2@127.0.0.1:8080"),
+        ]),
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("\"http://***@127.0.0.1:8080\""), "{text}");
+    let config = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_APP_URL", "http://app:8080/hooks/"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.app_url.address, "app:8080");
+    assert_eq!(config.app_url.prefix, "/hooks");
+}
+
+#[test]
+fn credentials_are_cut_from_what_is_shown() {
+    assert_eq!(
+        without_credentials("http://u:p@host:1/x"),
+        "http://***@host:1/x"
+    );
+    assert_eq!(without_credentials("http://host/x"), "http://host/x");
+    assert_eq!(
+        without_credentials("http://u:p/a@b?c@host"),
+        "http://***@host"
+    );
+    assert_eq!(without_credentials("u:p@host://x"), "***@host://x");
+}
+
+#[test]
+fn redis_urls_are_checked_by_the_client() {
+    assert!(parse_redis_url("redis://127.0.0.1:6379/0").is_ok());
+    assert!(parse_redis_url("redis://:pw@redis/2").is_ok());
+    for bad in [
+        "redis://",
+        "redis://host/notanumber",
+        "redis://host:99999",
+        "redis://host/?protocol=hunter2",
+    ] {
+        let problem = parse_redis_url(bad).unwrap_err();
+        assert!(!problem.contains("hunter2"), "{bad}: {problem}");
+    }
+}
+
+#[test]
+fn a_required_setting_that_is_not_utf8_is_reported_once() {
+    let error =
+        Config::from_vars(None, os_env(&[("CAUSEWAY_SERVICE", b"ord\xffers")])).unwrap_err();
+    assert_eq!(origins(&error), ["CAUSEWAY_SERVICE"]);
 }

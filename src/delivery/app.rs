@@ -24,6 +24,7 @@ use tracing::{Instrument, debug, field::Empty, info_span};
 
 use super::outcome::AppAnswer;
 use crate::{
+    config::AppUrl,
     envelope::{Envelope, TraceContext},
     telemetry::{TraceExt, trace_of},
 };
@@ -60,47 +61,18 @@ struct Idle {
     since: Instant,
 }
 
-/// The app URL is not an `http://host[:port][/path]` URL.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid app URL {url:?}: {reason}")]
-pub struct InvalidAppUrl {
-    url: String,
-    reason: &'static str,
-}
-
 impl AppClient {
-    /// A client for the app at `base` (such as `http://127.0.0.1:8080`).
-    pub fn new(base: &str) -> Result<Self, InvalidAppUrl> {
-        let invalid = |reason| InvalidAppUrl {
-            url: base.to_owned(),
-            reason,
-        };
-        let base = base.trim_end_matches('/');
-        let rest = base
-            .strip_prefix("http://")
-            .ok_or_else(|| invalid("expected http://"))?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
-        };
-        let authority: hyper::http::uri::Authority =
-            authority.parse().map_err(|_| invalid("bad host or port"))?;
-        if authority.as_str().contains('@') {
-            return Err(invalid("credentials are not supported"));
-        }
-        let port = authority.port_u16().unwrap_or(80);
-        let host = authority.host();
-        let address = format!("{host}:{port}");
-        Ok(AppClient {
+    /// A client for the app at `url`.
+    pub fn new(url: &AppUrl) -> Self {
+        AppClient {
             inner: Arc::new(Inner {
-                address,
-                host: HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| invalid("bad host or port"))?,
-                prefix: prefix.to_owned(),
-                base: base.to_owned(),
+                address: url.address.clone(),
+                host: url.host.clone(),
+                prefix: url.prefix.clone(),
+                base: url.base.clone(),
                 idle: Mutex::new(Vec::new()),
             }),
-        })
+        }
     }
 
     /// POSTs the envelope `body` to `route` in a CLIENT span, whose context the app gets in

@@ -9,6 +9,7 @@ pub mod stream;
 
 use std::{
     collections::HashMap,
+    ffi::OsString,
     io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
@@ -102,11 +103,17 @@ impl Settings {
 
     /// Starts the binary and waits until it listens (not until it is ready).
     pub fn start(self) -> Sidecar {
+        self.start_with_env(&[])
+    }
+
+    /// Like [`Settings::start`], with variables of any bytes besides the settings.
+    pub fn start_with_env(self, extra: &[(OsString, OsString)]) -> Sidecar {
         let mut command = Command::new(env!("CARGO_BIN_EXE_causeway"));
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("the causeway binary starts");

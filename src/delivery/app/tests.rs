@@ -133,7 +133,7 @@ fn ok() -> AppAnswer {
 #[tokio::test]
 async fn answers_are_read_whole_and_one_connection_serves_every_delivery() {
     let (base, connections, requests) = app("HTTP/1.1 200 OK", After::KeepAlive).await;
-    let client = AppClient::new(&base).unwrap();
+    let client = AppClient::new(&AppUrl::parse(&base).unwrap());
     for _ in 0..3 {
         assert_eq!(deliver(&client, "/events").await, ok());
     }
@@ -155,7 +155,7 @@ async fn answers_are_read_whole_and_one_connection_serves_every_delivery() {
 async fn an_app_that_closes_every_connection_still_gets_every_delivery() {
     for after in [After::SayClose, After::Drop] {
         let (base, connections, requests) = app("HTTP/1.1 200 OK", after).await;
-        let client = AppClient::new(&base).unwrap();
+        let client = AppClient::new(&AppUrl::parse(&base).unwrap());
         for _ in 0..3 {
             assert_eq!(deliver(&client, "/events").await, ok());
             // The close reaches the client's connection before the next delivery, as an
@@ -174,7 +174,7 @@ async fn a_base_path_prefixes_every_route_and_retry_after_is_read() {
         After::KeepAlive,
     )
     .await;
-    let client = AppClient::new(&format!("{base}/hooks/")).unwrap();
+    let client = AppClient::new(&AppUrl::parse(&format!("{base}/hooks/")).unwrap());
     assert_eq!(
         deliver(&client, "/events").await,
         AppAnswer::Status {
@@ -191,7 +191,7 @@ async fn nothing_listening_is_told_apart_from_a_slow_app() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     // Accepted by the kernel but never answered.
-    let client = AppClient::new(&base).unwrap();
+    let client = AppClient::new(&AppUrl::parse(&base).unwrap());
     let answer = client
         .deliver(
             "/events",
@@ -206,14 +206,4 @@ async fn nothing_listening_is_told_apart_from_a_slow_app() {
     drop(listener);
     let answer = deliver(&client, "/events").await;
     assert!(matches!(answer, AppAnswer::NotListening(_)), "{answer:?}");
-}
-
-#[test]
-fn only_plain_http_urls_with_a_host_are_accepted() {
-    assert!(AppClient::new("http://127.0.0.1:8080").is_ok());
-    assert!(AppClient::new("http://localhost").is_ok());
-    assert!(AppClient::new("http://[::1]:9000/base").is_ok());
-    assert!(AppClient::new("https://127.0.0.1:8080").is_err());
-    assert!(AppClient::new("http://user:pw@127.0.0.1:8080").is_err());
-    assert!(AppClient::new("http://").is_err());
 }
