@@ -48,6 +48,8 @@ pub struct ApiState {
     pub max_body: usize,
     /// The service name, prefix of its queues.
     pub service: Arc<str>,
+    /// The unrouted queue: no subscription's queue may have its name.
+    pub unrouted: Arc<str>,
     /// The desired subscriptions.
     pub registry: Arc<Registry>,
     /// How each subscription's consumer is doing.

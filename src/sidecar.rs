@@ -139,6 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         token: config.api_token.as_deref().map(ApiToken::new),
         max_body: config.max_body,
         service: config.service.as_str().into(),
+        unrouted: config.broker.unrouted.as_str().into(),
         registry,
         states: states.clone(),
         dead_letters: DeadLetters::new(Dialer::new(

@@ -43,11 +43,16 @@ pub enum TelemetryError {
 
 /// The log filter: `RUST_LOG` (or the default), with the AMQP client's lines off unless
 /// `RUST_LOG` names it.
-fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+/// Also the problem with `RUST_LOG`, when it could not be used (it is then ignored for the
+/// default, and the problem is logged once logging is up).
+fn log_filter(rust_log: Option<&str>) -> (EnvFilter, Option<String>) {
     let wanted = rust_log
         .filter(|v| !v.trim().is_empty())
         .unwrap_or(DEFAULT_FILTER);
-    let mut filter = EnvFilter::try_new(wanted).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (mut filter, problem) = match EnvFilter::try_new(wanted) {
+        Ok(filter) => (filter, None),
+        Err(error) => (EnvFilter::new(DEFAULT_FILTER), Some(error.to_string())),
+    };
     if !wanted.contains("lapin") && !wanted.contains("amq_protocol") {
         for directive in AMQP_CLIENT_OFF {
             if let Ok(directive) = directive.parse() {
@@ -55,7 +60,7 @@ fn log_filter(rust_log: Option<&str>) -> EnvFilter {
             }
         }
     }
-    filter
+    (filter, problem)
 }
 
 /// Installs logging and tracing for the whole process. Call it inside the tokio runtime:
@@ -85,7 +90,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
             .boxed()
     });
 
-    let filter = log_filter(var("RUST_LOG").as_deref());
+    let (filter, filter_problem) = log_filter(var("RUST_LOG").as_deref());
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -102,6 +107,9 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
     let subscriber = tracing_subscriber::registry().with(layers);
     // Only fails when a subscriber is already installed, which then keeps working.
     let _ = tracing::subscriber::set_global_default(subscriber);
+    if let Some(problem) = filter_problem {
+        tracing::warn!(%problem, default = DEFAULT_FILTER, "RUST_LOG cannot be used; logging with the default filter");
+    }
     Ok(Telemetry {
         provider,
         exporting,
@@ -170,4 +178,21 @@ fn exporter() -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
     };
     // The builder's error may quote the endpoint, which may hold credentials.
     built.map_err(|e| TelemetryError::Exporter(without_credentials(&e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_rust_log_is_reported_and_the_default_used() {
+        let (_, problem) = log_filter(Some("causeway=loud"));
+        assert!(problem.is_some());
+        let (filter, problem) = log_filter(Some("info,causeway=debug"));
+        assert!(problem.is_none());
+        // The AMQP client's own lines stay off unless RUST_LOG names it.
+        assert!(filter.to_string().contains("lapin=off"), "{filter}");
+        let (filter, _) = log_filter(Some("info,lapin=warn"));
+        assert!(!filter.to_string().contains("lapin=off"), "{filter}");
+    }
 }

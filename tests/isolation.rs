@@ -500,3 +500,28 @@ async fn a_dead_letter_operation_its_caller_abandons_leaves_no_connection_or_loc
     sidecar.cleanup_subscription(&broker, "gone").await;
     sidecar.cleanup(&broker).await;
 }
+
+#[tokio::test]
+async fn a_subscription_whose_queue_would_be_the_unrouted_queue_is_refused() {
+    let settings = Settings::new();
+    let unrouted = format!("{}.sink", settings.get("CAUSEWAY_SERVICE"));
+    let sidecar = settings.set("CAUSEWAY_UNROUTED_QUEUE", &unrouted).start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+
+    let refused = sidecar
+        .call(
+            "PUT",
+            "/v1/subscriptions/sink",
+            Some(json!({"event_type": "OrderPlaced", "route": "/sink"})),
+        )
+        .await;
+
+    assert_eq!(refused.status, 422, "{refused:?}");
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&unrouted), "{detail}");
+    let listed = sidecar.call("GET", "/v1/subscriptions", None).await;
+    assert_eq!(listed.body["subscriptions"], json!([]), "{listed:?}");
+
+    sidecar.cleanup(&broker).await;
+}

@@ -86,6 +86,13 @@ pub(super) async fn put(
 ) -> Result<(StatusCode, Json<View>), Problem> {
     let spec: SubscriptionSpec = read_json(body, &headers, state.max_body).await?;
     let subscription = Subscription::new(&name, spec).map_err(invalid)?;
+    let queue = Queues::new(&state.service, &subscription).main;
+    let unrouted = &*state.unrouted;
+    if unrouted == queue || unrouted.starts_with(&format!("{queue}.")) {
+        return Err(Problem::unprocessable(format!(
+            "the subscription's queues ({queue} and its .dlq and .retry queues) would include the unrouted queue {unrouted:?}: choose another name"
+        )));
+    }
     let created = state
         .registry
         .put(subscription.clone())
