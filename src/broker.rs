@@ -22,5 +22,5 @@ pub use dialer::{
     next_trouble,
 };
 pub use publisher::{PendingConfirm, PublishError, Publisher, publish_confirmed};
-pub use recycle::{RECYCLE_EVERY, Recycle, SharedChannel, close_later, confirm_channel};
-pub use topology::{PublishTopology, inspector, queue_depth};
+pub use recycle::{Recycle, SharedChannel, confirm_channel};
+pub use topology::{PublishTopology, existing_queue_depth, inspector, queue_depth};

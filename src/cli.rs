@@ -50,7 +50,7 @@ pub enum DlqCommand {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// The API could not be reached.
-    #[error("cannot reach the causeway API at {url}: {}", chain(.source))]
+    #[error("cannot reach the causeway API at {url}: {}", crate::errors::chain(.source))]
     Unreachable {
         /// The URL tried.
         url: String,
@@ -69,19 +69,6 @@ pub enum CliError {
         /// The problem's detail.
         detail: String,
     },
-}
-
-/// The error and its causes on one line ("error sending request: client error (Connect):
-/// tcp connect error: Connection refused (os error 111)").
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs a dead-letter command and returns what to print.

@@ -13,6 +13,7 @@
 //! - [`store`]: durable records (idempotency keys) in an embedded crash-safe file.
 //! - [`health`]: the draining flag and each store's state, shared by handlers and probes.
 //! - [`shutdown`]: signal handling.
+//! - `errors`: an error and its causes on one line.
 //! - [`telemetry`]: log setup.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
+mod errors;
 pub mod health;
 mod key_locks;
 pub mod payload;

@@ -9,15 +9,12 @@ use std::{
 };
 
 use lapin::{Channel, Connection};
-use tokio::{
-    sync::watch,
-    time::{Instant, timeout},
-};
+use tokio::{sync::watch, time::timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    PublishTopology, RECYCLE_EVERY, Recycle, close_later, confirm_channel,
+    PublishTopology, Recycle, SharedChannel, confirm_channel,
     dialer::{Dialer, Ended, Trouble, keep_connected, next_trouble},
 };
 use crate::{
@@ -139,8 +136,10 @@ impl Connector {
             self.topology.declare(&channel).await?;
             Ok::<_, lapin::Error>(channel)
         };
-        let mut channel = match timeout(SETUP_TIMEOUT, setup).await {
-            Ok(Ok(channel)) => channel,
+        let channel = match timeout(SETUP_TIMEOUT, setup).await {
+            Ok(Ok(channel)) => {
+                SharedChannel::with_recycle(channel, "publishing", self.recycle.clone())
+            }
             Ok(Err(error)) => {
                 close_gracefully(&connection, &[]).await;
                 return Ended::Failed(format!("cannot declare the topology: {error}"));
@@ -150,15 +149,16 @@ impl Connector {
                 return Ended::Failed("declaring the topology timed out".into());
             }
         };
-        self.link.send_replace(Link::Up(channel.clone()));
+        self.link.send_replace(Link::Up(channel.get()));
         self.metrics.connected(MetricsConnection::Publish, true);
         let mut inspector = None;
         let ended = self
-            .watch(&connection, &mut channel, &mut inspector, shutdown)
+            .watch(&connection, &channel, &mut inspector, shutdown)
             .await;
         self.link.send_replace(Link::Down);
         self.metrics.connected(MetricsConnection::Publish, false);
-        close_gracefully(&connection, &[Some(&channel), inspector.as_ref()]).await;
+        channel.close().await;
+        close_gracefully(&connection, &[inspector.as_ref()]).await;
         ended
     }
 
@@ -166,12 +166,11 @@ impl Connector {
     async fn watch(
         &self,
         connection: &Connection,
-        channel: &mut Channel,
+        channel: &SharedChannel,
         inspector: &mut Option<Channel>,
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut events = connection.events_listener();
-        let mut replaced: Option<Instant> = None;
         let mut check = tokio::time::interval(CHECK_EVERY);
         let mut unrouted = tokio::time::interval(UNROUTED_EVERY);
         loop {
@@ -181,11 +180,11 @@ impl Connector {
                     Trouble::Lost(error) => return Ended::Lost(error),
                     Trouble::Blocked(reason) => {
                         warn!(%reason, "the broker blocks publishing");
-                        self.link.send_replace(Link::Blocked(channel.clone()));
+                        self.link.send_replace(Link::Blocked(channel.get()));
                     }
                     Trouble::Unblocked => {
                         info!("the broker unblocked publishing");
-                        self.link.send_replace(Link::Up(channel.clone()));
+                        self.link.send_replace(Link::Up(channel.get()));
                     }
                 },
                 _ = check.tick() => {
@@ -194,31 +193,20 @@ impl Connector {
                     }
                     // A channel-level error (an exchange deleted under us, say) closes the
                     // channel for good: start over with a fresh connection and topology.
-                    if !channel.status().connected() {
+                    if !channel.get().status().connected() {
                         return Ended::Lost("publishing channel closed by the broker".into());
                     }
                 }
                 _ = unrouted.tick() => self.check_unrouted(connection, inspector).await,
-                _ = self.recycle.requested() => {
-                    if replaced.is_some_and(|at| at.elapsed() < RECYCLE_EVERY) {
-                        continue;
-                    }
-                    replaced = Some(Instant::now());
-                    match timeout(SETUP_TIMEOUT, confirm_channel(connection)).await {
-                        Ok(Ok(fresh)) => {
-                            let old = std::mem::replace(channel, fresh);
-                            let blocked = matches!(*self.link.borrow(), Link::Blocked(_));
-                            self.link.send_replace(if blocked {
-                                Link::Blocked(channel.clone())
-                            } else {
-                                Link::Up(channel.clone())
-                            });
-                            info!("a publish was nacked; publishing on a fresh channel");
-                            // Confirms still awaited on the old channel may come meanwhile.
-                            close_later(old, self.confirm_timeout);
-                        }
-                        Ok(Err(error)) => warn!(%error, "cannot open a fresh publishing channel"),
-                        Err(_) => warn!("opening a fresh publishing channel timed out"),
+                _ = channel.requested() => {
+                    // Confirms still awaited on the old channel may come meanwhile.
+                    if channel.replace(connection, self.confirm_timeout).await {
+                        let blocked = matches!(*self.link.borrow(), Link::Blocked(_));
+                        self.link.send_replace(if blocked {
+                            Link::Blocked(channel.get())
+                        } else {
+                            Link::Up(channel.get())
+                        });
                     }
                 }
             }

@@ -18,7 +18,9 @@ use tracing::{info, warn};
 use crate::sync::lock;
 
 /// The shortest time between two fresh channels.
-pub const RECYCLE_EVERY: Duration = Duration::from_millis(500);
+const RECYCLE_EVERY: Duration = Duration::from_millis(500);
+/// How long opening a fresh channel may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request for a fresh channel, shared by the channel's users and its owner.
 #[derive(Clone, Debug, Default)]
@@ -57,9 +59,15 @@ pub struct SharedChannel {
 impl SharedChannel {
     /// Shares `channel`; `what` names it in log lines.
     pub fn new(channel: Channel, what: &'static str) -> Self {
+        Self::with_recycle(channel, what, Recycle::default())
+    }
+
+    /// Shares `channel`, replaced when `recycle` asks (a handle made before the channel, as
+    /// the publisher's is).
+    pub fn with_recycle(channel: Channel, what: &'static str, recycle: Recycle) -> Self {
         SharedChannel {
             current: Mutex::new(channel),
-            recycle: Recycle::default(),
+            recycle,
             replaced: Mutex::new(None),
             what,
         }
@@ -81,24 +89,32 @@ impl SharedChannel {
     }
 
     /// Replaces the channel with a fresh one on `connection`, unless the last replacement
-    /// was less than [`RECYCLE_EVERY`] ago. The old channel is closed after `linger`, so
-    /// that the confirms still awaited on it can come.
-    pub async fn replace(&self, connection: &Connection, linger: Duration) {
+    /// was less than [`RECYCLE_EVERY`] ago; whether it did. The old channel is closed after
+    /// `linger`, so that the confirms still awaited on it can come.
+    pub async fn replace(&self, connection: &Connection, linger: Duration) -> bool {
         let now = Instant::now();
         if lock(&self.replaced).is_some_and(|at| now < at + RECYCLE_EVERY) {
-            return;
+            return false;
         }
         *lock(&self.replaced) = Some(now);
-        match confirm_channel(connection).await {
-            Ok(fresh) => {
+        match tokio::time::timeout(OPEN_TIMEOUT, confirm_channel(connection)).await {
+            Ok(Ok(fresh)) => {
                 let old = std::mem::replace(&mut *lock(&self.current), fresh);
                 info!(
                     channel = self.what,
                     "a publish was nacked; publishing on a fresh channel"
                 );
                 close_later(old, linger);
+                true
             }
-            Err(error) => warn!(%error, channel = self.what, "cannot open a fresh channel"),
+            Ok(Err(error)) => {
+                warn!(%error, channel = self.what, "cannot open a fresh channel");
+                false
+            }
+            Err(_) => {
+                warn!(channel = self.what, "opening a fresh channel timed out");
+                false
+            }
         }
     }
 
@@ -114,7 +130,7 @@ impl SharedChannel {
 }
 
 /// Closes `channel` after `linger`, in the background.
-pub fn close_later(channel: Channel, linger: Duration) {
+fn close_later(channel: Channel, linger: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(linger).await;
         if channel.status().connected() {

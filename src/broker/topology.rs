@@ -111,6 +111,23 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
     Ok(declared.message_count())
 }
 
+/// How many messages wait in `queue`, or `None` when it does not exist, by a passive
+/// declare on a channel of its own (a missing queue closes the channel it is asked on).
+pub async fn existing_queue_depth(
+    connection: &lapin::Connection,
+    queue: &str,
+) -> lapin::Result<Option<u32>> {
+    let probe = connection.create_channel().await?;
+    match queue_depth(&probe, queue).await {
+        Ok(depth) => {
+            let _ = probe.close(200, "done".into()).await;
+            Ok(Some(depth))
+        }
+        Err(error) if crate::amqp::soft_error(&error) == Some(crate::amqp::NOT_FOUND) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Exchange and queue names are checked at configuration time (at most 200 ASCII bytes), so
 /// they always fit an AMQP short string.
 fn name(value: &str) -> ShortString {

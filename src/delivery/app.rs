@@ -168,7 +168,7 @@ impl AppClient {
                         request = unsent;
                         continue;
                     }
-                    _ => return AppAnswer::Unreachable(error_chain(error.error())),
+                    _ => return AppAnswer::Unreachable(crate::errors::chain(error.error())),
                 },
             };
             let code = response.status();
@@ -230,7 +230,7 @@ impl AppClient {
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|error| AppAnswer::Unreachable(error_chain(&error)))?;
+            .map_err(|error| AppAnswer::Unreachable(crate::errors::chain(&error)))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%error, "a connection to the app ended");
@@ -283,18 +283,6 @@ fn set_headers(headers: &mut HeaderMap, envelope: &Envelope, attempt: u32, trace
         HeaderName::from_static("x-delivery-attempt"),
         HeaderValue::from(attempt),
     );
-}
-
-/// The error and its causes on one line ("connection closed before message completed").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

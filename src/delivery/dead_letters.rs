@@ -8,7 +8,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use lapin::{
-    BasicProperties, Channel, Connection,
+    BasicProperties, Channel,
     options::{
         BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
     },
@@ -23,8 +23,10 @@ use super::{
     topology::{Queues, lock_across_replicas},
 };
 use crate::{
-    amqp::{NOT_FOUND, int_header, soft_error, text_header},
-    broker::{DialError, Dialer, OwnedConnection, PublishError, publish_confirmed, queue_depth},
+    amqp::{int_header, text_header},
+    broker::{
+        DialError, Dialer, OwnedConnection, PublishError, existing_queue_depth, publish_confirmed,
+    },
     key_locks::KeyLocks,
 };
 
@@ -244,7 +246,7 @@ impl DeadLetters {
             let result = async {
                 let lock = lock_across_replicas(connection, dlq).await?;
                 let result = async {
-                    let depth = depth(connection, dlq).await?;
+                    let depth = existing_queue_depth(connection, dlq).await?;
                     let channel = connection.create_channel().await?;
                     let result = operation(channel.clone(), depth).await;
                     // Closed before the lock goes: whatever the operation still holds is
@@ -263,20 +265,6 @@ impl DeadLetters {
         timeout(OPERATION_TIMEOUT, work)
             .await
             .map_err(|_| DeadLetterError::Timeout)?
-    }
-}
-
-/// How many messages wait in `queue`, or `None` when it does not exist (yet). The passive
-/// declare runs on a channel of its own, as a missing queue closes the channel.
-async fn depth(connection: &Connection, queue: &str) -> Result<Option<u32>, DeadLetterError> {
-    let probe = connection.create_channel().await?;
-    match queue_depth(&probe, queue).await {
-        Ok(depth) => {
-            let _ = probe.close(200, "done".into()).await;
-            Ok(Some(depth))
-        }
-        Err(error) if soft_error(&error) == Some(NOT_FOUND) => Ok(None),
-        Err(error) => Err(error.into()),
     }
 }
 

@@ -19,8 +19,7 @@ use std::time::Duration;
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{
-        BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -29,8 +28,8 @@ use tracing::{info, warn};
 
 use super::outcome::wait_tiers;
 use crate::{
-    amqp::{NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED, soft_error, text},
-    broker::{Backoff, PublishError, publish_confirmed},
+    amqp::{PRECONDITION_FAILED, RESOURCE_LOCKED, soft_error, text},
+    broker::{Backoff, PublishError, confirm_channel, existing_queue_depth, publish_confirmed},
     subscription::Subscription,
 };
 
@@ -195,7 +194,7 @@ pub async fn upgrade_dead_letters(
         Ok(()) => {
             let _ = probe.close(200, "declared".into()).await;
             let holding = holding_queue(&queues.dlq);
-            if exists(connection, &holding).await? {
+            if existing_queue_depth(connection, &holding).await?.is_some() {
                 let lock = lock_across_replicas(connection, &queues.dlq).await?;
                 let finished = finish_upgrade(connection, &holding, &queues.dlq).await;
                 lock.release().await;
@@ -224,7 +223,7 @@ pub async fn upgrade_dead_letters(
 /// and moves them back; returns how many moved.
 async fn upgrade_classic(connection: &Connection, queues: &Queues) -> Result<u64, UpgradeError> {
     let holding = holding_queue(&queues.dlq);
-    let channel = confirming_channel(connection).await?;
+    let channel = confirm_channel(connection).await?;
     declare_queue(&channel, &holding, quorum()).await?;
     let moved = move_all(&channel, &queues.dlq, &holding).await?;
     // The classic queue: `if_empty`, in case an older replica dead-lettered meanwhile.
@@ -245,7 +244,7 @@ async fn finish_upgrade(
     holding: &str,
     dlq: &str,
 ) -> Result<(), UpgradeError> {
-    let channel = confirming_channel(connection).await?;
+    let channel = confirm_channel(connection).await?;
     let moved = move_all(&channel, holding, dlq).await?;
     // Only this move, under the lock, puts messages there, and it has just emptied it.
     // (Quorum queues do not take `if_empty`: the broker closes the connection for it.)
@@ -261,14 +260,6 @@ async fn finish_upgrade(
 
 fn holding_queue(dlq: &str) -> String {
     format!("{dlq}.upgrading")
-}
-
-async fn confirming_channel(connection: &Connection) -> lapin::Result<Channel> {
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
 }
 
 /// Moves every message of `from` to `to` in order, each confirmed before its original is
@@ -296,26 +287,6 @@ async fn move_all(channel: &Channel, from: &str, to: &str) -> Result<u64, Upgrad
         moved += 1;
     }
     Ok(moved)
-}
-
-/// Whether `queue` exists (a passive declare, on a channel of its own).
-async fn exists(connection: &Connection, queue: &str) -> lapin::Result<bool> {
-    let channel = connection.create_channel().await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(name(queue), options, FieldTable::default())
-        .await
-    {
-        Ok(_) => {
-            let _ = channel.close(200, "done".into()).await;
-            Ok(true)
-        }
-        Err(error) if soft_error(&error) == Some(NOT_FOUND) => Ok(false),
-        Err(error) => Err(error),
-    }
 }
 
 /// The lock on one dead-letter queue's operations, across every replica of the service:
