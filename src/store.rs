@@ -147,3 +147,56 @@ pub fn system_ms(time: SystemTime) -> u64 {
 pub fn expiry_after(retention: Duration) -> u64 {
     now_ms().saturating_add(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// A dedup store for unit tests: every claim is acquired, the first `failing_completes`
+/// completions fail as an unavailable store would, and the keys completed and released are
+/// recorded.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FakeDedup {
+    pub(crate) failing_completes: u32,
+    pub(crate) completes: std::sync::atomic::AtomicU32,
+    pub(crate) completed: std::sync::Mutex<Vec<String>>,
+    pub(crate) released: std::sync::Mutex<Vec<String>>,
+}
+
+#[cfg(test)]
+impl FakeDedup {
+    /// A store whose first `count` completions fail.
+    pub(crate) fn failing(count: u32) -> Self {
+        FakeDedup {
+            failing_completes: count,
+            ..FakeDedup::default()
+        }
+    }
+}
+
+#[cfg(test)]
+impl DedupStore for FakeDedup {
+    fn claim<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<Claim, StoreError>> {
+        Box::pin(async { Ok(Claim::Acquired) })
+    }
+
+    fn complete<'a>(&'a self, key: &'a str, _: Duration) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let call = self
+                .completes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if call < self.failing_completes {
+                return Err(StoreError::Unavailable {
+                    store: "redis",
+                    reason: "connection refused".into(),
+                });
+            }
+            crate::sync::lock(&self.completed).push(key.to_owned());
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            crate::sync::lock(&self.released).push(key.to_owned());
+            Ok(())
+        })
+    }
+}

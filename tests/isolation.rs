@@ -167,15 +167,7 @@ async fn a_subscription_the_broker_refuses_fails_alone_and_recovers_once_fixed()
         .as_str()
         .unwrap_or_default();
     assert!(why.contains("PRECONDITION_FAILED"), "{ready}");
-    let metrics = sidecar
-        .http
-        .get(format!("{}/metrics", sidecar.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sidecar.metrics_text().await;
     assert!(
         metrics.contains(r#"causeway_subscription_state{subscription="broken",state="failed"} 1"#),
         "{metrics}"

@@ -193,15 +193,7 @@ async fn wait_store_state(sidecar: &Sidecar, key: &str, state: &str, within: Dur
 
 /// The value of the metric sample `series` (name and labels), if shown.
 async fn metric(sidecar: &Sidecar, series: &str) -> Option<f64> {
-    let text = sidecar
-        .http
-        .get(format!("{}/metrics", sidecar.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = sidecar.metrics_text().await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }

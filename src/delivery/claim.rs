@@ -69,49 +69,12 @@ async fn release(dedup: &dyn DedupStore, key: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::store::{BoxFuture, Claim};
-
-    /// Records which keys were completed and released.
-    #[derive(Default)]
-    struct Ledger {
-        completed: Mutex<Vec<String>>,
-        released: Mutex<Vec<String>>,
-    }
-
-    impl DedupStore for Ledger {
-        fn claim<'a>(
-            &'a self,
-            _: &'a str,
-            _: Duration,
-        ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-            Box::pin(async { Ok(Claim::Acquired) })
-        }
-
-        fn complete<'a>(
-            &'a self,
-            key: &'a str,
-            _: Duration,
-        ) -> BoxFuture<'a, Result<(), StoreError>> {
-            Box::pin(async move {
-                self.completed.lock().unwrap().push(key.to_owned());
-                Ok(())
-            })
-        }
-
-        fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-            Box::pin(async move {
-                self.released.lock().unwrap().push(key.to_owned());
-                Ok(())
-            })
-        }
-    }
+    use crate::store::FakeDedup;
 
     #[tokio::test]
     async fn a_claim_dropped_on_any_path_is_released_and_a_completed_one_is_not() {
-        let ledger = Arc::new(Ledger::default());
+        let ledger = Arc::new(FakeDedup::default());
         let dedup: Arc<dyn DedupStore> = ledger.clone();
 
         // Dropped in the middle of a wait, as a shutdown would.

@@ -54,57 +54,13 @@ fn next_delay(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    };
+    use std::sync::{Arc, atomic::Ordering};
 
     use super::*;
-    use crate::store::{BoxFuture, Claim, DedupStore};
+    use crate::store::FakeDedup;
 
-    /// A store whose `complete` fails the first `failures` times.
-    struct Flaky {
-        failures: u32,
-        calls: AtomicU32,
-    }
-
-    impl DedupStore for Flaky {
-        fn claim<'a>(
-            &'a self,
-            _: &'a str,
-            _: Duration,
-        ) -> BoxFuture<'a, Result<Claim, StoreError>> {
-            Box::pin(async { Ok(Claim::Acquired) })
-        }
-
-        fn complete<'a>(
-            &'a self,
-            _: &'a str,
-            _: Duration,
-        ) -> BoxFuture<'a, Result<(), StoreError>> {
-            Box::pin(async move {
-                let call = self.calls.fetch_add(1, Ordering::SeqCst);
-                if call < self.failures {
-                    Err(StoreError::Unavailable {
-                        store: "redis",
-                        reason: "connection refused".into(),
-                    })
-                } else {
-                    Ok(())
-                }
-            })
-        }
-
-        fn release<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    fn flaky(failures: u32) -> Arc<Flaky> {
-        Arc::new(Flaky {
-            failures,
-            calls: AtomicU32::new(0),
-        })
+    fn flaky(failures: u32) -> Arc<FakeDedup> {
+        Arc::new(FakeDedup::failing(failures))
     }
 
     #[tokio::test(start_paused = true)]
@@ -119,7 +75,7 @@ mod tests {
         )
         .await;
         assert!(matches!(recorded, Recorded::Stored), "{recorded:?}");
-        assert_eq!(store.calls.load(Ordering::SeqCst), 6);
+        assert_eq!(store.completes.load(Ordering::SeqCst), 6);
         // 100 + 200 + 400 + 800 + 1000 ms of waiting.
         assert_eq!(started.elapsed(), Duration::from_millis(2500));
     }
@@ -140,7 +96,7 @@ mod tests {
             "{recorded:?}"
         );
         // Waits of at most a second: about 30 tries in 30 s, not a busy loop.
-        let calls = store.calls.load(Ordering::SeqCst);
+        let calls = store.completes.load(Ordering::SeqCst);
         assert!((28..=35).contains(&calls), "{calls} tries");
     }
 

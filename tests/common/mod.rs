@@ -278,6 +278,18 @@ impl Sidecar {
         }
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `GET /readyz` status.
     pub async fn readyz(&self) -> u16 {
         match self.http.get(format!("{}/readyz", self.admin)).send().await {
@@ -516,25 +528,19 @@ impl Broker {
 
     /// How many messages wait in `queue`, and how many consumers it has.
     pub async fn queue_state(&self, queue: &str) -> (u32, u32) {
-        let channel = self.connection.create_channel().await.unwrap();
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = channel.close(200, "done".into()).await;
+        let declared = self.passive_declare(queue).await.unwrap();
         (declared.message_count(), declared.consumer_count())
     }
 
     /// How many messages wait in `queue`, not counting those a consumer holds; `None` when
     /// there is no such queue.
     pub async fn depth(&self, queue: &str) -> Option<u32> {
+        let declared = self.passive_declare(queue).await.ok()?;
+        Some(declared.message_count())
+    }
+
+    /// A passive declare of `queue`, on a channel of its own (a missing queue closes it).
+    async fn passive_declare(&self, queue: &str) -> lapin::Result<lapin::Queue> {
         let channel = self.connection.create_channel().await.unwrap();
         let declared = channel
             .queue_declare(
@@ -545,10 +551,9 @@ impl Broker {
                 },
                 FieldTable::default(),
             )
-            .await
-            .ok()?;
+            .await?;
         let _ = channel.close(200, "done".into()).await;
-        Some(declared.message_count())
+        Ok(declared)
     }
 
     /// Deletes a queue or an exchange a sidecar declared.
