@@ -113,16 +113,6 @@ impl Dialer {
         }
     }
 
-    /// The same addresses in the same order, for connections named `name`.
-    pub fn named(&self, name: impl Into<String>) -> Self {
-        Dialer {
-            urls: self.urls.clone(),
-            next: AtomicUsize::new(self.next.load(Ordering::Relaxed)),
-            connect_timeout: self.connect_timeout,
-            name: name.into(),
-        }
-    }
-
     /// One round over the list: the first address that accepts a connection.
     pub async fn dial(&self) -> Result<Dialed, DialError> {
         let start = self.next.load(Ordering::Relaxed);
@@ -168,13 +158,8 @@ impl Dialer {
     }
 
     /// How many addresses there are.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.urls.len()
-    }
-
-    /// Whether the list is empty (never, once configured).
-    pub fn is_empty(&self) -> bool {
-        self.urls.is_empty()
     }
 }
 

@@ -332,6 +332,7 @@ impl Context {
                 Disposition::Retry { delay } => {
                     self.metrics
                         .delivery(&self.subscription.name, DeliveryOutcome::Retry);
+                    let key = claim.key().to_owned();
                     claim.release().await;
                     span.record("causeway.outcome", "retry");
                     span.fail(&answer.describe());
@@ -360,7 +361,6 @@ impl Context {
                     }
                     attempt += 1;
                     span.record("causeway.delivery.attempt", attempt);
-                    let key = format!("{}/{}", self.subscription.name, envelope.event_id);
                     claim = match self.dedup.claim(&key, lease).await {
                         Ok(Claim::Acquired) => ClaimGuard::new(self.dedup.clone(), key),
                         _ => return self.settle(delivery, Fate::Requeue).await,
