@@ -1,6 +1,7 @@
 //! The HTTP surfaces: the app-facing API and the admin listener.
 //!
-//! `router(state)` builds the app API (publish, subscriptions, dead letters);
+//! `router(state)` builds the app API (publish, subscriptions, dead letters) and serves the
+//! flow page at `/ui/`;
 //! `admin::router(state)` builds `/healthz`, `/readyz` and `/metrics`. Both answer every error as
 //! problem+json.
 
@@ -13,6 +14,7 @@ pub mod problem;
 mod publish;
 mod schemas;
 mod subscriptions;
+mod ui;
 
 use std::sync::Arc;
 
@@ -92,7 +94,9 @@ pub fn router(state: ApiState) -> Router {
         )),
         None => routes,
     };
+    // The page is public: it holds no data, and its API calls carry the token.
     routes
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
