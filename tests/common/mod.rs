@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod app;
+pub mod browser;
 pub mod cluster;
 pub mod proxy;
 pub mod stream;
