@@ -10,6 +10,7 @@ mod auth;
 mod batch;
 mod body;
 mod extract;
+mod flows;
 pub mod problem;
 mod publish;
 mod schemas;
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::{
     delivery::{DeadLetters, States},
+    flow::Flows,
     health::Health,
     publish::PublishService,
     schema::SchemaRegistry,
@@ -62,6 +64,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The registered schemas.
     pub schemas: Arc<SchemaRegistry>,
+    /// Where flows stand.
+    pub flows: Flows,
 }
 
 /// The app-facing API.
@@ -69,6 +73,8 @@ pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
         .route("/v1/publish", post(batch::publish_batch))
         .route("/v1/publish/{event_type}", post(publish::publish))
+        .route("/v1/flows", get(flows::list))
+        .route("/v1/flows/{correlation_id}", get(flows::get))
         .route("/v1/schemas", get(schemas::list))
         .route("/v1/schemas/{event_type}/{version}", get(schemas::get))
         .route("/v1/subscriptions", get(subscriptions::list))
