@@ -50,6 +50,27 @@ async fn publish(
     published.body["event_id"].as_str().unwrap().to_owned()
 }
 
+/// `text` as JavaScript's `encodeURIComponent` writes it.
+fn uri_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn the_page_is_self_contained_and_served_under_a_strict_policy() {
     let sidecar = Settings::new().start();
@@ -164,6 +185,12 @@ async fn the_page_is_self_contained_and_served_under_a_strict_policy() {
 
 #[tokio::test]
 async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
+    let (placed_type, reserved_type) = ("OrderPlaced", "StockReserved");
+    // The demo's flow definition: an order is done once its stock is reserved.
+    let order_flow = format!(
+        "[[flows]]\nname = \"order\"\nstarts_with = \"{placed_type}\"\n\
+         completes_on = [\"{reserved_type}\"]\nwithin = \"5m\"\n"
+    );
     let app = TestApp::start().await;
     app.always("/reserve-stock", 422);
     let order = Settings::new()
@@ -172,7 +199,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .app(&app.url)
         .config_file(&subscription(
             "confirm-order",
-            "OrderPlaced",
+            &placed_type,
             "/confirm-order",
         ))
         .start();
@@ -182,10 +209,9 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .set("CAUSEWAY_UNROUTED_QUEUE", order.unrouted())
         .set("CAUSEWAY_DEDUP_URL", REDIS)
         .app(&app.url)
-        .config_file(&subscription(
-            "reserve-stock",
-            "OrderPlaced",
-            "/reserve-stock",
+        .config_file(&format!(
+            "{}\n{order_flow}",
+            subscription("reserve-stock", &placed_type, "/reserve-stock")
         ))
         .start();
     order.wait_ready().await;
@@ -196,7 +222,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
     let correlation_id = unique("order-1003");
     let placed = publish(
         &order,
-        "OrderPlaced",
+        &placed_type,
         r#"{"order_id":"1003","sku":"no-such-sku","quantity":1,"total_cents":1999,"currency":"EUR"}"#,
         &correlation_id,
         None,
@@ -217,7 +243,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .text(&browser.wait_for(&node, SEEN).await)
         .await
         .unwrap();
-    assert!(text.contains("OrderPlaced"), "{text}");
+    assert!(text.contains(&placed_type), "{text}");
     assert!(text.contains(order.service()), "the source service: {text}");
     let refused = format!(
         "{node} [data-hop=\"{}/reserve-stock\"]",
@@ -258,6 +284,14 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         browser.find("[data-scope-note]").await.is_none(),
         "a shared flow shows every service"
     );
+    browser
+        .wait_attribute(
+            "[data-definition-outcome]",
+            "data-definition-outcome",
+            "failed",
+            SEEN,
+        )
+        .await;
 
     let picture = browser.screenshot().await;
     assert!(picture.starts_with(PNG_SIGNATURE), "a PNG");
@@ -270,7 +304,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
 
     // Fixed: inventory takes the order now, and reserves the stock.
     app.always("/reserve-stock", 200);
-    app.react("/reserve-stock", &inventory.api, "StockReserved");
+    app.react("/reserve-stock", &inventory.api, &reserved_type);
     browser
         .click("[data-action=replay-flow]:not([disabled])", SEEN)
         .await;
@@ -282,19 +316,27 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
     browser
         .wait_attribute("[data-flow-state]", "data-flow-state", "settled", SEEN)
         .await;
+    browser
+        .wait_attribute(
+            "[data-definition-outcome]",
+            "data-definition-outcome",
+            "complete",
+            SEEN,
+        )
+        .await;
     let result = browser
         .text(&browser.wait_for("[data-replay-result]", SEEN).await)
         .await
         .unwrap();
     assert!(result.contains("Replayed 1 dead letter"), "{result}");
     // The reaction is drawn under the event that caused it.
-    let reserved = format!("[data-event-type=StockReserved][data-caused-by=\"{placed}\"]");
+    let reserved = format!("[data-event-type=\"{reserved_type}\"][data-caused-by=\"{placed}\"]");
     let text = browser
         .text(&browser.wait_for(&reserved, SEEN).await)
         .await
         .unwrap();
     assert!(text.contains(inventory.service()), "{text}");
-    assert!(text.contains("caused by OrderPlaced"), "{text}");
+    assert!(text.contains(&format!("caused by {placed_type}")), "{text}");
     let under_parent = browser
         .execute(
             "const [parent, child] = arguments;\
@@ -325,7 +367,8 @@ async fn with_a_token_the_page_asks_for_it_and_then_shows_the_flow() {
     let sidecar = Settings::new().set("CAUSEWAY_API_TOKEN", token).start();
     sidecar.wait_ready().await;
     let broker = Broker::connect().await;
-    let correlation_id = unique("checkout");
+    // Markup in an id is shown as text, never read as markup.
+    let correlation_id = format!("<em>checkout</em> {}", unique("c"));
     let event_id = publish(
         &sidecar,
         "CartCheckedOut",
@@ -343,12 +386,20 @@ async fn with_a_token_the_page_asks_for_it_and_then_shows_the_flow() {
         .unwrap();
     assert_eq!(page.status(), 200);
     let flow = sidecar
-        .call("GET", &format!("/v1/flows/{correlation_id}"), None)
+        .call(
+            "GET",
+            &format!("/v1/flows/{}", uri_component(&correlation_id)),
+            None,
+        )
         .await;
     assert_eq!(flow.status, 401);
 
     let browser = Browser::start().await;
-    let flow_page = format!("{}/ui/#/flow/{correlation_id}", sidecar.api);
+    let flow_page = format!(
+        "{}/ui/#/flow/{}",
+        sidecar.api,
+        uri_component(&correlation_id)
+    );
     browser.goto(&flow_page).await;
     browser.wait_for("#token-input", SEEN).await;
     browser.type_into("#token-input", "not-the-token").await;
@@ -371,6 +422,17 @@ async fn with_a_token_the_page_asks_for_it_and_then_shows_the_flow() {
     browser
         .wait_for(&format!("[data-event-id=\"{event_id}\"]"), SEEN)
         .await;
+    let title = browser.wait_for("#flow-title", SEEN).await;
+    let title = browser.text(&title).await.unwrap();
+    assert_eq!(title, format!("Flow {correlation_id}"));
+    let markup = browser
+        .execute(
+            "return document.querySelectorAll('main em').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(markup, 0, "the id's markup became an element");
     let note = browser.wait_for("[data-scope-note=local]", SEEN).await;
     assert!(
         browser
@@ -415,11 +477,10 @@ async fn with_a_token_the_page_asks_for_it_and_then_shows_the_flow() {
     browser
         .wait_for(&format!("[data-event-id=\"{event_id}\"]"), SEEN)
         .await;
+    let address = browser.url().await;
     assert!(
-        browser
-            .url()
-            .await
-            .ends_with(&format!("#/flow/{correlation_id}"))
+        address.ends_with(&format!("#/flow/{}", uri_component(&correlation_id))),
+        "{address}"
     );
     assert!(!browser.url().await.contains(token));
 

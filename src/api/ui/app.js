@@ -564,7 +564,7 @@ function drawFlow(flow, state) {
         "Definition ",
         h("strong", {}, flow.definition.name ?? ""),
         flow.definition.outcome
-          ? [": outcome ", h("span", { class: `badge outcome-${flow.definition.outcome}` }, flow.definition.outcome)]
+          ? [": outcome ", h("span", { class: `badge outcome-${flow.definition.outcome}` }, stateLabel(flow.definition.outcome))]
           : ": no outcome yet",
         flow.definition.reason ? ` (${flow.definition.reason})` : "",
         flow.definition.deadline ? [", deadline ", timeElement(flow.definition.deadline)] : "",
