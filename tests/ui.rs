@@ -14,6 +14,9 @@ use serde_json::Value;
 const SEEN: Duration = Duration::from_secs(30);
 const REDIS: &str = "redis://127.0.0.1:6379/";
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+/// The demo's flow definition: an order is done once its stock is reserved.
+const ORDER_FLOW: &str = "[[flows]]\nname = \"order\"\nstarts_with = \"OrderPlaced\"\n\
+                          completes_on = [\"StockReserved\"]\nwithin = \"5m\"\n";
 
 /// One subscription, one wait queue (`max_attempts = 2`), one delivery at a time.
 fn subscription(name: &str, event_type: &str, route: &str) -> String {
@@ -185,12 +188,6 @@ async fn the_page_is_self_contained_and_served_under_a_strict_policy() {
 
 #[tokio::test]
 async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
-    let (placed_type, reserved_type) = ("OrderPlaced", "StockReserved");
-    // The demo's flow definition: an order is done once its stock is reserved.
-    let order_flow = format!(
-        "[[flows]]\nname = \"order\"\nstarts_with = \"{placed_type}\"\n\
-         completes_on = [\"{reserved_type}\"]\nwithin = \"5m\"\n"
-    );
     let app = TestApp::start().await;
     app.always("/reserve-stock", 422);
     let order = Settings::new()
@@ -199,7 +196,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .app(&app.url)
         .config_file(&subscription(
             "confirm-order",
-            &placed_type,
+            "OrderPlaced",
             "/confirm-order",
         ))
         .start();
@@ -210,8 +207,8 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .set("CAUSEWAY_DEDUP_URL", REDIS)
         .app(&app.url)
         .config_file(&format!(
-            "{}\n{order_flow}",
-            subscription("reserve-stock", &placed_type, "/reserve-stock")
+            "{}\n{ORDER_FLOW}",
+            subscription("reserve-stock", "OrderPlaced", "/reserve-stock")
         ))
         .start();
     order.wait_ready().await;
@@ -222,7 +219,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
     let correlation_id = unique("order-1003");
     let placed = publish(
         &order,
-        &placed_type,
+        "OrderPlaced",
         r#"{"order_id":"1003","sku":"no-such-sku","quantity":1,"total_cents":1999,"currency":"EUR"}"#,
         &correlation_id,
         None,
@@ -243,7 +240,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .text(&browser.wait_for(&node, SEEN).await)
         .await
         .unwrap();
-    assert!(text.contains(&placed_type), "{text}");
+    assert!(text.contains("OrderPlaced"), "{text}");
     assert!(text.contains(order.service()), "the source service: {text}");
     let refused = format!(
         "{node} [data-hop=\"{}/reserve-stock\"]",
@@ -304,7 +301,7 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
 
     // Fixed: inventory takes the order now, and reserves the stock.
     app.always("/reserve-stock", 200);
-    app.react("/reserve-stock", &inventory.api, &reserved_type);
+    app.react("/reserve-stock", &inventory.api, "StockReserved");
     browser
         .click("[data-action=replay-flow]:not([disabled])", SEEN)
         .await;
@@ -330,13 +327,13 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .unwrap();
     assert!(result.contains("Replayed 1 dead letter"), "{result}");
     // The reaction is drawn under the event that caused it.
-    let reserved = format!("[data-event-type=\"{reserved_type}\"][data-caused-by=\"{placed}\"]");
+    let reserved = format!("[data-event-type=StockReserved][data-caused-by=\"{placed}\"]");
     let text = browser
         .text(&browser.wait_for(&reserved, SEEN).await)
         .await
         .unwrap();
     assert!(text.contains(inventory.service()), "{text}");
-    assert!(text.contains(&format!("caused by {placed_type}")), "{text}");
+    assert!(text.contains("caused by OrderPlaced"), "{text}");
     let under_parent = browser
         .execute(
             "const [parent, child] = arguments;\
