@@ -404,17 +404,20 @@ impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
             // Drop cannot await, and a runtime cannot start inside the test's own: a thread
-            // of its own ends the session, so that chromedriver closes the browser it started.
+            // of its own ends the session, so that chromedriver closes the browser it started
+            // (killing chromedriver would leave the browser running). With a client of its
+            // own: a pooled connection of the test's client is driven by the test's runtime,
+            // which waits here.
             let session = self.session.clone();
-            let http = self.http.clone();
             let ending = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 runtime.block_on(async {
+                    let http = reqwest::Client::builder().no_proxy().build().unwrap();
                     let quit = http.delete(&session).send();
-                    let _ = tokio::time::timeout(Duration::from_secs(10), quit).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(20), quit).await;
                 });
             });
             let _ = ending.join();
