@@ -1,6 +1,6 @@
 //! The HTTP surfaces: the app-facing API and the admin listener.
 //!
-//! `router(state)` builds the app API (publish, subscriptions, dead letters);
+//! `router(state)` builds the app API (publish, subscriptions, dead letters, flows);
 //! `admin::router(state)` builds `/healthz`, `/readyz` and `/metrics`. Both answer every error as
 //! problem+json.
 
@@ -9,6 +9,7 @@ mod auth;
 mod batch;
 mod body;
 mod extract;
+mod flow_replay;
 pub mod problem;
 mod publish;
 mod schemas;
@@ -83,6 +84,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/subscriptions/{name}/dead-letters/replay",
             post(subscriptions::replay_dead_letters),
+        )
+        .route(
+            "/v1/flows/{correlation_id}/replay",
+            post(flow_replay::replay),
         );
     // Without a token the check would only cost time on every request.
     let routes = match state.token {
