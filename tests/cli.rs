@@ -1,5 +1,5 @@
-//! `causeway dlq …` against a running sidecar; `causeway schema consumers` over a list of
-//! management addresses.
+//! `causeway dlq …` and `causeway flow …` against a running sidecar, with replay by flow;
+//! `causeway schema consumers` over a list of management addresses.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -7,6 +7,7 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{Broker, Settings, app::TestApp};
+use serde_json::json;
 
 fn causeway(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_causeway"))
@@ -95,6 +96,132 @@ async fn dlq_list_replay_and_purge_work_through_the_api() {
     assert_eq!(code, 69, "{err}");
 
     sidecar.cleanup_subscription(&broker, "cli").await;
+    sidecar.cleanup(&broker).await;
+}
+
+/// The event ids the app received on `route`, after the first `skip`.
+fn received_ids(app: &TestApp, route: &str, skip: usize) -> Vec<String> {
+    let received = app.received(route);
+    received[skip.min(received.len())..]
+        .iter()
+        .map(|r| r.event_id())
+        .collect()
+}
+
+#[tokio::test]
+async fn replay_by_flow_moves_only_that_flows_dead_letters_in_order() {
+    let app = TestApp::start().await;
+    app.always("/one", 422);
+    app.always("/two", 422);
+    // One delivery at a time: the app receives the events in queue order.
+    let subscription = |name: &str| {
+        format!(
+            "[[subscriptions]]\nname = \"{name}\"\nevent_type = \"OrderPlaced\"\nroute = \"/{name}\"\nconcurrency = 1\n"
+        )
+    };
+    let sidecar = Settings::new()
+        .app(&app.url)
+        .config_file(&(subscription("one") + &subscription("two")))
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let (flow_a, flow_b) = (common::unique("flow-a"), common::unique("flow-b"));
+    let mut ids = std::collections::HashMap::<&str, Vec<String>>::new();
+    for flow in [&flow_a, &flow_b, &flow_a, &flow_b] {
+        let published = sidecar
+            .publish("OrderPlaced", "{}", &[("X-Correlation-ID", flow.as_str())])
+            .await;
+        assert_eq!(published.status, 202, "{published:?}");
+        let id = published.body["event_id"].as_str().unwrap().to_owned();
+        ids.entry(flow.as_str()).or_default().push(id);
+    }
+    let (a_ids, b_ids) = (ids[flow_a.as_str()].clone(), ids[flow_b.as_str()].clone());
+    for name in ["one", "two"] {
+        sidecar
+            .wait_dead_letters(name, 4, Duration::from_secs(15))
+            .await;
+    }
+
+    // Asking wrongly changes nothing.
+    let replay_one = "/v1/subscriptions/one/dead-letters/replay";
+    for body in [
+        json!({"correlation_id": ""}),
+        json!({"correlation_id": "x".repeat(129)}),
+        json!({"correlation_id": "tab\there"}),
+        json!({"correlation_id": flow_a, "event_ids": [a_ids[0]]}),
+    ] {
+        let answer = sidecar.call("POST", replay_one, Some(body.clone())).await;
+        assert_eq!(answer.status, 422, "{body}: {answer:?}");
+        assert_eq!(
+            answer.body["errors"][0]["field"], "correlation_id",
+            "{answer:?}"
+        );
+    }
+    for id in ["x".repeat(129), "tab%09here".to_owned()] {
+        let answer = sidecar
+            .call("POST", &format!("/v1/flows/{id}/replay"), None)
+            .await;
+        assert_eq!(answer.status, 400, "{answer:?}");
+        assert_eq!(
+            answer.body["type"], "urn:causeway:problem:invalid-correlation-id",
+            "{answer:?}"
+        );
+    }
+
+    // One subscription, one flow: only flow A's letters go, in their order.
+    app.always("/one", 200);
+    let answer = sidecar
+        .call("POST", replay_one, Some(json!({"correlation_id": flow_a})))
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.body, json!({"replayed": 2, "not_found": []}));
+    app.wait_for("/one", 6, Duration::from_secs(15)).await;
+    assert_eq!(received_ids(&app, "/one", 4), a_ids);
+    let left = sidecar.dead_letters("one").await;
+    let left: Vec<&str> = left["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [flow_b.as_str(), flow_b.as_str()]);
+    assert_eq!(sidecar.dead_letters("two").await["total"], 4);
+
+    // The whole flow, every subscription: `causeway flow replay`.
+    app.always("/two", 200);
+    let api = sidecar.api.as_str();
+    let (code, out, err) = causeway(&["flow", "replay", &flow_b, "--api", api]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "replayed 4\n  one  2\n  two  2\n");
+    app.wait_for("/one", 8, Duration::from_secs(15)).await;
+    app.wait_for("/two", 6, Duration::from_secs(15)).await;
+    assert_eq!(received_ids(&app, "/one", 6), b_ids);
+    assert_eq!(received_ids(&app, "/two", 4), b_ids);
+    assert_eq!(sidecar.dead_letters("one").await["total"], 0);
+
+    // What flow B left in the queue of two is still in order: flow A, by the CLI.
+    let (code, out, err) = causeway(&[
+        "dlq",
+        "replay",
+        "two",
+        "--correlation-id",
+        &flow_a,
+        "--api",
+        api,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "replayed 2\n");
+    app.wait_for("/two", 8, Duration::from_secs(15)).await;
+    assert_eq!(received_ids(&app, "/two", 6), a_ids);
+
+    let answer = sidecar
+        .call("POST", &format!("/v1/flows/{flow_a}/replay"), None)
+        .await;
+    assert_eq!(answer.body, json!({"replayed": 0, "subscriptions": {}}));
+
+    for name in ["one", "two"] {
+        sidecar.cleanup_subscription(&broker, name).await;
+    }
     sidecar.cleanup(&broker).await;
 }
 
