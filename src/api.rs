@@ -10,6 +10,7 @@ mod batch;
 mod body;
 mod extract;
 mod flow_replay;
+mod flows;
 pub mod problem;
 mod publish;
 mod schemas;
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::{
     delivery::{DeadLetters, States},
+    flow::Flows,
     health::Health,
     publish::PublishService,
     schema::SchemaRegistry,
@@ -61,6 +63,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The registered schemas.
     pub schemas: Arc<SchemaRegistry>,
+    /// Where flows stand.
+    pub flows: Flows,
 }
 
 /// The app-facing API.
@@ -68,6 +72,12 @@ pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
         .route("/v1/publish", post(batch::publish_batch))
         .route("/v1/publish/{event_type}", post(publish::publish))
+        .route("/v1/flows", get(flows::list))
+        .route("/v1/flows/{correlation_id}", get(flows::get))
+        .route(
+            "/v1/flows/{correlation_id}/replay",
+            post(flow_replay::replay),
+        )
         .route("/v1/schemas", get(schemas::list))
         .route("/v1/schemas/{event_type}/{version}", get(schemas::get))
         .route("/v1/subscriptions", get(subscriptions::list))
@@ -84,10 +94,6 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/subscriptions/{name}/dead-letters/replay",
             post(subscriptions::replay_dead_letters),
-        )
-        .route(
-            "/v1/flows/{correlation_id}/replay",
-            post(flow_replay::replay),
         );
     // Without a token the check would only cost time on every request.
     let routes = match state.token {

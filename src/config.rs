@@ -12,6 +12,7 @@
 
 mod app_url;
 mod env;
+mod flows;
 mod values;
 
 use std::{
@@ -33,7 +34,10 @@ use values::{
     parse_log_format, parse_name, parse_path, parse_redis_url, parse_size, parse_token, with_value,
 };
 
-use crate::subscription::{Subscription, SubscriptionSpec};
+use crate::{
+    flow::FlowDefinition,
+    subscription::{Subscription, SubscriptionSpec},
+};
 
 /// The variable that names the optional config file when `--config` is not given.
 pub const CONFIG_FILE_VAR: &str = "CAUSEWAY_CONFIG";
@@ -74,6 +78,14 @@ pub struct Config {
     pub worker_threads: usize,
     /// The subscriptions of the config file (`[[subscriptions]]`).
     pub subscriptions: Vec<Subscription>,
+    /// Whether flow receipts are written.
+    pub flow_receipts: bool,
+    /// How long flow receipts are kept.
+    pub flow_retention: Duration,
+    /// A hop pending or retrying longer than this makes its flow stuck.
+    pub flow_stuck_after: Duration,
+    /// The flow definitions of the config file (`[[flows]]`).
+    pub flows: Vec<FlowDefinition>,
     /// Things worth a warning once logging is up, such as a `CAUSEWAY_` variable that no
     /// setting reads (a typo, most likely).
     pub warnings: Vec<String>,
@@ -151,6 +163,9 @@ const KEYS: &[&str] = &[
     "shutdown_grace",
     "log_format",
     "worker_threads",
+    "flow_receipts",
+    "flow_retention",
+    "flow_stuck_after",
 ];
 
 impl Config {
@@ -220,7 +235,7 @@ impl<'a> Reader<'a> {
             }
         };
         for key in table.keys() {
-            if !KEYS.contains(&key.as_str()) && key != "subscriptions" {
+            if !KEYS.contains(&key.as_str()) && key != "subscriptions" && key != "flows" {
                 let problem = format!("unknown key (known keys: {})", KEYS.join(", "));
                 self.invalid(format!("{key} in {name}"), problem);
             }
@@ -354,6 +369,10 @@ impl<'a> Reader<'a> {
         let worker_threads = self.get("worker_threads", Some(&default_workers), |v| {
             parse_count(v, 64)
         });
+        let flow_receipts = self.get("flow_receipts", Some("true"), parse_bool);
+        let flow_retention = self.get("flow_retention", Some("7d"), parse_duration);
+        let flow_stuck_after = self.get("flow_stuck_after", Some("5m"), parse_duration);
+        let flows = self.flows();
         let subscriptions = self.subscriptions();
         self.check_names(
             service.as_deref(),
@@ -385,6 +404,10 @@ impl<'a> Reader<'a> {
             log_format: log_format?,
             worker_threads: worker_threads?,
             subscriptions: subscriptions?,
+            flow_receipts: flow_receipts?,
+            flow_retention: flow_retention?,
+            flow_stuck_after: flow_stuck_after?,
+            flows: flows?,
             warnings: self.unknown_variables(),
         })
     }
@@ -458,6 +481,23 @@ impl<'a> Reader<'a> {
         match &self.file {
             Some((name, table)) if table.contains_key(key) => format!("{key} in {name}"),
             _ => format!("default of {key}"),
+        }
+    }
+
+    /// The `[[flows]]` of the file.
+    fn flows(&mut self) -> Option<Vec<FlowDefinition>> {
+        let Some((file, table)) = &self.file else {
+            return Some(Vec::new());
+        };
+        let Some(value) = table.get("flows") else {
+            return Some(Vec::new());
+        };
+        match flows::definitions(file, value) {
+            Ok(definitions) => Some(definitions),
+            Err(problems) => {
+                self.errors.extend(problems);
+                None
+            }
         }
     }
 

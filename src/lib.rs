@@ -26,6 +26,7 @@ pub mod config;
 pub mod delivery;
 pub mod envelope;
 mod errors;
+pub mod flow;
 pub mod health;
 mod key_locks;
 pub mod payload;

@@ -10,9 +10,12 @@ use uuid::Uuid;
 use crate::{
     broker::{PendingConfirm, PublishError, Publisher},
     envelope::{Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339},
+    flow::{EventFacts, Kind, Receipt, Receipts},
     key_locks::{KeyGuard, KeyLocks},
     schema::{Invalid, SchemaRegistry},
-    store::{CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after},
+    store::{
+        CorrelationMemory, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after, now_ms,
+    },
     telemetry::{
         TraceExt, current_trace_id,
         metrics::{InFlight, Metrics},
@@ -79,6 +82,7 @@ pub struct PublishService {
     retention: Duration,
     metrics: Arc<Metrics>,
     schemas: Arc<SchemaRegistry>,
+    receipts: Receipts,
 }
 
 impl std::fmt::Debug for PublishService {
@@ -107,9 +111,15 @@ impl PublishService {
             causes,
             locks: Arc::default(),
             retention,
+            receipts: Receipts::off(metrics.clone()),
             metrics,
             schemas,
         }
+    }
+
+    /// The same service, writing a `published` flow receipt for each event confirmed.
+    pub fn with_receipts(self, receipts: Receipts) -> Self {
+        PublishService { receipts, ..self }
     }
 
     /// Whether the broker link is up.
@@ -240,6 +250,9 @@ impl PublishService {
         key: Option<KeyHold<'_>>,
         result: Result<Accepted, Rejected>,
     ) -> Result<Accepted, Rejected> {
+        if let Ok(accepted) = &result {
+            self.published(accepted);
+        }
         let Some(mut key) = key else {
             return result;
         };
@@ -260,6 +273,27 @@ impl PublishService {
             Err(_) => {}
         }
         result
+    }
+
+    /// Writes down the `published` receipt of a confirmed event.
+    fn published(&self, accepted: &Accepted) {
+        if !self.receipts.is_on() {
+            return;
+        }
+        self.receipts.record(Receipt {
+            kind: Kind::Published,
+            at_ms: now_ms(),
+            correlation_id: accepted.correlation_id.clone(),
+            event: EventFacts {
+                event_id: accepted.event_id.to_string(),
+                event_type: accepted.event_type.clone(),
+                schema_version: accepted.schema_version.to_string(),
+                source: self.source.to_string(),
+                occurred_at: accepted.occurred_at.clone(),
+                causation_id: accepted.causation_id.clone(),
+            },
+            hop: None,
+        });
     }
 
     /// Checks the payload against its schema and settles the version (the one asked for,

@@ -25,6 +25,7 @@ use crate::{
     broker::{Connector, Dialer, Publisher},
     config::Config,
     delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
+    flow::{FlowStore, Flows, Receipts, register_routes, start_recorder},
     health::{Health, Store, StoreState},
     publish::PublishService,
     schema::{SchemaError, SchemaRegistry},
@@ -84,6 +85,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         None => (Arc::new(store.clone()), None),
     };
     let registry = Arc::new(Registry::load(config.subscriptions.clone(), store.clone())?);
+    // Receipts go where dedup records go: Redis shares them with every sidecar using it.
+    let flow_store: Arc<dyn FlowStore> = match &redis {
+        Some(redis) => Arc::new(redis.clone()),
+        None => Arc::new(store.clone()),
+    };
+    // Stopped after the consumers, so that the last deliveries' receipts are written.
+    let receipts_shutdown = CancellationToken::new();
+    let (receipts, receipts_task) = if config.flow_receipts {
+        let (receipts, task) = start_recorder(
+            flow_store.clone(),
+            config.flow_retention,
+            metrics.clone(),
+            receipts_shutdown.clone(),
+        );
+        (receipts, Some(task))
+    } else {
+        (Receipts::off(metrics.clone()), None)
+    };
+    let routes_task = tokio::spawn(register_routes(
+        flow_store.clone(),
+        config.service.clone(),
+        registry.watch(),
+        config.flow_retention,
+        shutdown.clone(),
+    ));
     let app = AppClient::new(&config.app_url);
     let api_listener = bind(config.api_addr).await?;
     let admin_listener = bind(config.admin_addr).await?;
@@ -104,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
             service: config.service.clone(),
             retention: config.dedup_retention,
             grace: config.shutdown_grace,
+            receipts: receipts.clone(),
         },
         registry.watch(),
         app,
@@ -132,7 +159,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         config.dedup_retention,
         metrics.clone(),
         schemas.clone(),
-    );
+    )
+    .with_receipts(receipts);
     let api_state = ApiState {
         publish: publish.clone(),
         health: health.clone(),
@@ -149,6 +177,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         )),
         metrics: metrics.clone(),
         schemas,
+        flows: Flows::new(
+            flow_store,
+            &config.service,
+            config.flows.clone(),
+            config.flow_stuck_after,
+        ),
     };
     let admin_shutdown = CancellationToken::new();
     let mut api_task = serve(
@@ -193,6 +227,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     }
     // The consumers drain within the grace period on their own (they saw `shutdown`).
     let _ = consumers_task.await;
+    receipts_shutdown.cancel();
+    if let Some(receipts_task) = receipts_task {
+        let _ = receipts_task.await;
+    }
+    let _ = routes_task.await;
     broker_shutdown.cancel();
     let _ = broker_task.await;
     admin_shutdown.cancel();

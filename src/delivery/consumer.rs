@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     broker::{self, PublishTopology, SharedChannel, queue_depth},
+    flow::Receipts,
     schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
     subscription::Subscription,
@@ -59,6 +60,7 @@ pub(crate) struct Shared {
     pub(crate) grace: Duration,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) schemas: Arc<SchemaRegistry>,
+    pub(crate) receipts: Receipts,
 }
 
 /// A running consumer.
@@ -138,6 +140,8 @@ impl Shared {
             republish: republish.clone(),
             metrics: self.metrics.clone(),
             schemas: self.schemas.clone(),
+            service: self.service.clone(),
+            receipts: self.receipts.clone(),
         });
         let stop = CancellationToken::new();
         let task = tasks.spawn(consume(

@@ -24,8 +24,9 @@ use crate::{
     amqp::int_header,
     broker::SharedChannel,
     envelope::Envelope,
+    flow::{HopFacts, Kind, Receipt, Receipts},
     schema::{Invalid, SchemaRegistry},
-    store::{Claim, DedupStore, EmbeddedStore, StoreError},
+    store::{Claim, DedupStore, EmbeddedStore, StoreError, now_ms},
     subscription::Subscription,
     telemetry::{
         TraceExt, current_trace_id, field_table_trace,
@@ -66,6 +67,10 @@ pub(crate) struct Context {
     pub(crate) republish: Arc<SharedChannel>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) schemas: Arc<SchemaRegistry>,
+    /// The service, for the flow receipts.
+    pub(crate) service: String,
+    /// Where hop outcomes are written down for the flows.
+    pub(crate) receipts: Receipts,
 }
 
 impl Context {
@@ -154,13 +159,13 @@ impl Context {
                     Invalid::Malformed(_) => "the payload is outside the payload grammar",
                     _ => "the payload does not match its schema",
                 });
-                self.dead_lettered(&envelope, Reason::Schema, attempt - 1);
                 let dead = Fate::DeadLetter {
                     reason: Reason::Schema,
                     attempts: attempt - 1,
                     last_status: None,
                     last_error,
                 };
+                self.dead_lettered(&envelope, &dead);
                 return self.settle(&delivery, dead).await;
             }
         }
@@ -174,7 +179,7 @@ impl Context {
                 last_error: "returned to the queue unacknowledged too often".into(),
             };
             Span::current().fail("returned to the queue unacknowledged too often");
-            self.dead_lettered(&envelope, Reason::MaxAttempts, attempt - 1);
+            self.dead_lettered(&envelope, &dead);
             return self.settle(&delivery, dead).await;
         }
         let key = format!("{}/{}", self.subscription.name, envelope.event_id);
@@ -234,6 +239,7 @@ impl Context {
                     .delivery(&self.subscription.name, DeliveryOutcome::Duplicate);
                 Span::current().record("causeway.outcome", "duplicate");
                 event_log!(info, self, envelope, "duplicate_event_skipped");
+                self.receipt(Kind::DuplicateSkipped, envelope, HopFacts::default());
                 self.settle(delivery, Fate::Ack).await;
             }
             Ok(Claim::Busy) => {
@@ -321,6 +327,16 @@ impl Context {
                         return self.settle(delivery, Fate::Requeue).await;
                     }
                     self.settle(delivery, Fate::Ack).await;
+                    let took = started.elapsed();
+                    self.receipt(
+                        Kind::Delivered,
+                        envelope,
+                        HopFacts {
+                            attempt,
+                            took_ms: Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX)),
+                            ..HopFacts::default()
+                        },
+                    );
                     if let Ok(occurred) = humantime::parse_rfc3339(&envelope.occurred_at) {
                         let age = SystemTime::now()
                             .duration_since(occurred)
@@ -344,6 +360,18 @@ impl Context {
                         delay_ms = delay.as_millis() as u64,
                         error = %answer.describe(),
                         "delivery failed; will retry"
+                    );
+                    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    self.receipt(
+                        Kind::AttemptFailed,
+                        envelope,
+                        HopFacts {
+                            attempt,
+                            status: answer.status(),
+                            error: Some(answer.describe()),
+                            next_attempt_ms: Some(now_ms().saturating_add(delay_ms)),
+                            ..HopFacts::default()
+                        },
                     );
                     if !spec.ordered {
                         let wait = Fate::Wait {
@@ -369,20 +397,30 @@ impl Context {
                 Disposition::DeadLetter(reason) => {
                     claim.release().await;
                     span.fail(&answer.describe());
-                    self.dead_lettered(envelope, reason, attempt);
                     let dead = Fate::DeadLetter {
                         reason,
                         attempts: attempt,
                         last_status: answer.status(),
                         last_error: answer.describe(),
                     };
+                    self.dead_lettered(envelope, &dead);
                     return self.settle(delivery, dead).await;
                 }
             }
         }
     }
 
-    fn dead_lettered(&self, envelope: &Envelope, reason: Reason, attempts: u32) {
+    /// Logs a dead letter and writes down its receipt.
+    fn dead_lettered(&self, envelope: &Envelope, dead: &Fate<'_>) {
+        let Fate::DeadLetter {
+            reason,
+            attempts,
+            last_status,
+            last_error,
+        } = dead
+        else {
+            return;
+        };
         Span::current().record("causeway.outcome", "dead_lettered");
         event_log!(
             warn,
@@ -393,5 +431,32 @@ impl Context {
             dlq = %self.queues.dlq,
             "event dead-lettered"
         );
+        self.receipt(
+            Kind::DeadLettered,
+            envelope,
+            HopFacts {
+                attempt: *attempts,
+                status: *last_status,
+                error: Some(last_error.clone()),
+                reason: Some(reason.as_str().to_owned()),
+                dead_letter_queue: Some(self.queues.dlq.clone()),
+                ..HopFacts::default()
+            },
+        );
+    }
+
+    /// Writes down a hop outcome of this subscription for the flows; never waits.
+    fn receipt(&self, kind: Kind, envelope: &Envelope, facts: HopFacts) {
+        if !self.receipts.is_on() {
+            return;
+        }
+        let hop = HopFacts {
+            service: self.service.clone(),
+            subscription: self.subscription.name.clone(),
+            max_attempts: Some(self.subscription.spec.max_attempts),
+            ..facts
+        };
+        self.receipts
+            .record(Receipt::new(kind, envelope, Some(hop)));
     }
 }

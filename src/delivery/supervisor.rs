@@ -23,6 +23,7 @@ use crate::{
         keep_connected, next_trouble,
     },
     config::BrokerConfig,
+    flow::Receipts,
     schema::SchemaRegistry,
     store::{DedupStore, EmbeddedStore},
     subscription::Subscription,
@@ -40,6 +41,8 @@ pub struct SupervisorConfig {
     pub retention: Duration,
     /// How long in-flight deliveries may take to finish at shutdown.
     pub grace: Duration,
+    /// Where hop outcomes are written down for the flows.
+    pub receipts: Receipts,
 }
 
 /// Runs the consumers of every desired subscription on a connection of their own.
@@ -117,6 +120,7 @@ impl Supervisor {
                 grace: config.grace,
                 metrics,
                 schemas,
+                receipts: config.receipts,
             },
         };
         (supervisor, receiver)

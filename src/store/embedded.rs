@@ -7,6 +7,7 @@
 //! on disk. Writes that need not survive a crash on their own ("lazy") ride along with the
 //! next durable commit.
 
+mod flows;
 mod writer;
 
 use std::{
@@ -37,15 +38,18 @@ enum Expiring {
     Idempotency,
     /// Events each subscription's app accepted, by `{subscription}/{event_id}`; no data.
     Delivered,
-    /// The correlation id of each event delivered here, by event id.
+    /// The correlation id of each event delivered or published here, by event id.
     Correlations,
+    /// Flow receipts, by `{correlation_id}\x01{at_ms:016x}{sequence:08x}`; data is JSON.
+    Receipts,
 }
 
 impl Expiring {
-    const ALL: [Expiring; 3] = [
+    const ALL: [Expiring; 4] = [
         Expiring::Idempotency,
         Expiring::Delivered,
         Expiring::Correlations,
+        Expiring::Receipts,
     ];
 
     fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Expiring {
             Expiring::Idempotency => "idempotency",
             Expiring::Delivered => "delivered",
             Expiring::Correlations => "correlations",
+            Expiring::Receipts => "flow_receipts",
         }
     }
 
@@ -522,6 +527,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
     }
     txn.open_table(EXPIRY).map_err(embedded)?;
     txn.open_table(SUBSCRIPTIONS).map_err(embedded)?;
+    flows::create_tables(&txn).map_err(embedded)?;
     txn.commit().map_err(embedded)?;
     Ok(db)
 }

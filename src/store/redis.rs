@@ -9,6 +9,8 @@
 //! and one log line per change) is known even when no event flows, and so that the
 //! connection is back soon after Redis is.
 
+mod flows;
+
 use std::{
     future::Future,
     time::{Duration, Instant},

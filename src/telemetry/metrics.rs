@@ -116,6 +116,7 @@ pub struct Metrics {
     unrouted: Gauge,
     store_errors: Family<StoreLabels, Counter>,
     store_up: Family<StoreLabels, Gauge>,
+    flow_receipts: Family<OutcomeLabels, Counter>,
     event_types: Mutex<HashSet<String>>,
 }
 
@@ -147,6 +148,7 @@ impl Default for Metrics {
         let unrouted = Gauge::default();
         let store_errors = Family::<StoreLabels, Counter>::default();
         let store_up = Family::<StoreLabels, Gauge>::default();
+        let flow_receipts = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "causeway_publishes",
             "Publish requests by event type and outcome (accepted, rejected, unavailable, timeout, error)",
@@ -212,6 +214,11 @@ impl Default for Metrics {
             "1 while the store (embedded, redis) works, 0 while it fails",
             store_up.clone(),
         );
+        registry.register(
+            "causeway_flow_receipts",
+            "Flow receipts written, failed (one per failed batch write; the batch is tried again) and dropped (the queue was full)",
+            flow_receipts.clone(),
+        );
         // Both connections start down, so that a sidecar that never connects is visible.
         for connection in ["publish", "consume"] {
             broker_connected
@@ -233,6 +240,7 @@ impl Default for Metrics {
             unrouted,
             store_errors,
             store_up,
+            flow_receipts,
             event_types: Mutex::default(),
         }
     }
@@ -370,6 +378,13 @@ impl Metrics {
         self.store_up
             .get_or_create(&StoreLabels { store })
             .set(i64::from(up));
+    }
+
+    /// Counts flow receipts by outcome: `written`, `failed` (batch writes) or `dropped`.
+    pub fn flow_receipts(&self, outcome: &'static str, count: u64) {
+        self.flow_receipts
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(count);
     }
 
     fn event_type_label(&self, event_type: &str) -> String {
