@@ -6,8 +6,8 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{ApiState, extract::ApiPath, problem::Problem, subscriptions::is_correlation_id};
-use crate::delivery::ReplayFilter;
+use super::{ApiState, extract::ApiPath, problem::Problem};
+use crate::{delivery::ReplayFilter, flow::is_valid_correlation_id};
 
 /// What a flow replay did.
 #[derive(Debug, Default, Serialize)]
@@ -25,7 +25,7 @@ pub(super) async fn replay(
     State(state): State<ApiState>,
     ApiPath(correlation_id): ApiPath<String>,
 ) -> Result<Json<FlowReplayed>, Problem> {
-    if !is_correlation_id(&correlation_id) {
+    if !is_valid_correlation_id(&correlation_id) {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid-correlation-id",

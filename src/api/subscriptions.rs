@@ -18,10 +18,10 @@ use super::{
     body::read_json,
     extract::{ApiPath, ApiQuery},
     problem::Problem,
-    publish::is_printable_within,
 };
 use crate::{
     delivery::{DeadLetterError, ReplayFilter, Replayed, State as ConsumerState, topology::Queues},
+    flow::is_valid_correlation_id,
     subscription::{FieldProblem, Origin, RegistryError, Subscription, SubscriptionSpec},
 };
 
@@ -82,9 +82,8 @@ impl ApiState {
         subscription: &Subscription,
         filter: &ReplayFilter,
     ) -> Result<Replayed, Problem> {
-        let queues = Queues::new(&self.service, subscription);
         self.dead_letters
-            .replay(&queues, filter)
+            .replay(&self.service, subscription, filter)
             .await
             .map_err(broker_problem)
     }
@@ -224,7 +223,7 @@ impl ReplayRequest {
         match (self.event_ids, self.correlation_id) {
             (None, None) => Ok(ReplayFilter::All),
             (Some(ids), None) => Ok(ReplayFilter::EventIds(ids.into_iter().collect())),
-            (None, Some(id)) if is_correlation_id(&id) => Ok(ReplayFilter::CorrelationId(id)),
+            (None, Some(id)) if is_valid_correlation_id(&id) => Ok(ReplayFilter::CorrelationId(id)),
             (None, Some(_)) => Err(field_problem(
                 "correlation_id",
                 "must be 1 to 128 printable ASCII characters",
@@ -235,12 +234,6 @@ impl ReplayRequest {
             )),
         }
     }
-}
-
-/// Whether `id` can be a correlation id: 1 to 128 printable ASCII characters, as a publish
-/// accepts them.
-pub(super) fn is_correlation_id(id: &str) -> bool {
-    is_printable_within(id.as_bytes(), 128)
 }
 
 fn field_problem(field: &'static str, message: &str) -> Problem {
