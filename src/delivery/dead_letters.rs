@@ -27,7 +27,10 @@ use crate::{
     broker::{
         DialError, Dialer, OwnedConnection, PublishError, existing_queue_depth, publish_confirmed,
     },
+    envelope::Envelope,
+    flow::{HopFacts, Kind, Receipt, Receipts},
     key_locks::KeyLocks,
+    subscription::Subscription,
 };
 
 /// How long one dead-letter operation may take at the broker.
@@ -119,6 +122,7 @@ pub enum DeadLetterError {
 pub struct DeadLetters {
     dialer: Arc<Dialer>,
     turns: Arc<KeyLocks>,
+    receipts: Option<Receipts>,
 }
 
 impl DeadLetters {
@@ -127,7 +131,15 @@ impl DeadLetters {
         DeadLetters {
             dialer: Arc::new(dialer),
             turns: Arc::default(),
+            receipts: None,
         }
+    }
+
+    /// Writes a `replayed` receipt for each event a replay moves, so that its flow shows the
+    /// hop pending again.
+    pub fn with_receipts(mut self, receipts: Receipts) -> Self {
+        self.receipts = Some(receipts);
+        self
     }
 
     /// Up to `limit` dead letters, oldest first (by when they were dead-lettered), and how
@@ -178,13 +190,22 @@ impl DeadLetters {
         .await
     }
 
-    /// Moves the dead letters that `filter` picks back to the subscription's queue with
-    /// their attempts reset. Queue order is kept, of those moved and of those left.
+    /// Moves the dead letters of `subscription` of `service` that `filter` picks back to the
+    /// subscription's queue with their attempts reset. Queue order is kept, of those moved
+    /// and of those left.
     pub async fn replay(
         &self,
-        queues: &Queues,
+        service: &str,
+        subscription: &Subscription,
         filter: &ReplayFilter,
     ) -> Result<Replayed, DeadLetterError> {
+        let queues = &Queues::new(service, subscription);
+        let hop = HopFacts {
+            service: service.to_owned(),
+            subscription: subscription.name.clone(),
+            max_attempts: Some(subscription.spec.max_attempts),
+            ..HopFacts::default()
+        };
         self.exclusive(&queues.dlq, |channel, depth| async move {
             let mut replayed = Replayed::default();
             let mut found = HashSet::new();
@@ -203,6 +224,11 @@ impl DeadLetters {
                         kept = Some(delivery.delivery_tag);
                         continue;
                     }
+                    // Dated before the publish: the delivery that may follow at once is later.
+                    let receipt = self.receipts.as_ref().and_then(|_| {
+                        let envelope = Envelope::decode(&delivery.data).ok()?;
+                        Some(Receipt::new(Kind::Replayed, &envelope, Some(hop.clone())))
+                    });
                     let deadline = Instant::now() + OPERATION_TIMEOUT;
                     publish_confirmed(
                         &channel,
@@ -219,6 +245,9 @@ impl DeadLetters {
                         .await?;
                     replayed.replayed += 1;
                     found.extend(event_id);
+                    if let (Some(receipts), Some(receipt)) = (&self.receipts, receipt) {
+                        receipts.record(receipt);
+                    }
                 }
                 if let Some(tag) = kept {
                     channel.basic_nack(tag, requeue_all()).await?;
