@@ -60,21 +60,25 @@ pub enum FlowCommand {
 /// Where a watched flow ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Every hop delivered (or its definition complete).
+    /// Every hop delivered, and its definition (when one matches) complete.
     Settled,
-    /// Stuck, or its definition failed.
+    /// Stuck, or its definition failed or is late.
     Stuck,
-    /// Neither, when the time ran out.
+    /// Neither, when the time ran out; or settled while its definition still waits for
+    /// the event that completes it.
     InProgress,
 }
 
 impl Verdict {
-    /// The verdict on a flow as the API shows it.
+    /// The verdict on a flow as the API shows it: a definition's outcome, when there is
+    /// one, says whether the flow did what it is for.
     pub fn of(flow: &Value) -> Verdict {
         let outcome = flow["definition"]["outcome"].as_str();
-        if flow["state"] == "stuck" || outcome == Some("failed") {
+        if flow["state"] == "stuck" || matches!(outcome, Some("failed" | "late")) {
             Verdict::Stuck
-        } else if flow["state"] == "settled" || matches!(outcome, Some("complete" | "completed")) {
+        } else if outcome == Some("complete")
+            || (flow["state"] == "settled" && outcome != Some("in_progress"))
+        {
             Verdict::Settled
         } else {
             Verdict::InProgress
@@ -110,7 +114,7 @@ pub async fn watch(target: &ApiTarget, args: &ShowArgs) -> Result<Verdict, CliEr
             shown = text;
         }
         let verdict = Verdict::of(&flow);
-        // A settled flow changes no more, also when its definition failed.
+        // Every hop of a settled flow has its outcome: nothing more is coming to watch.
         let finished = verdict == Verdict::Settled || flow["state"] == "settled";
         if finished || Instant::now() >= deadline {
             return Ok(verdict);
@@ -366,10 +370,12 @@ fn hop_detail(hop: &Value) -> String {
             detail = parts.join(", ");
         }
         Some("pending") => {
-            if let Some(since) = hop["since"].as_str() {
+            // A replay starts the wait again: `since` is then the replay's time.
+            let replayed = hop["replayed_at"].as_str();
+            if let Some(since) = hop["since"].as_str().filter(|s| Some(*s) != replayed) {
                 let _ = write!(detail, "since {}", clock(since, false));
             }
-            if let Some(replayed) = hop["replayed_at"].as_str() {
+            if let Some(replayed) = replayed {
                 let _ = write!(detail, ", replayed at {}", clock(replayed, false));
             }
         }

@@ -166,8 +166,12 @@ fn retrying_and_pending_hops_say_when_the_next_step_is() {
                 },
                 {
                     "service": "shipping", "subscription": "ship", "state": "pending",
-                    "since": "2026-12-07T12:00:00.130000Z",
-                    "replayed_at": "2026-12-07T12:05:00Z"
+                    "since": "2026-12-07T12:00:00.130000Z"
+                },
+                {
+                    "service": "shipping", "subscription": "ship-late", "state": "pending",
+                    "since": "2026-12-07T12:05:00.000Z",
+                    "replayed_at": "2026-12-07T12:05:00.000Z"
                 },
                 {
                     "service": "audit", "subscription": "log", "state": "duplicate_skipped",
@@ -188,10 +192,14 @@ fn retrying_and_pending_hops_say_when_the_next_step_is() {
     );
     assert_eq!(
         lines[4],
-        "  → shipping/ship            pending            since 12:00:00, replayed at 12:05:00"
+        "  → shipping/ship            pending            since 12:00:00"
     );
     assert_eq!(
         lines[5],
+        "  → shipping/ship-late       pending            replayed at 12:05:00"
+    );
+    assert_eq!(
+        lines[6],
         "  → audit/log                duplicate_skipped  at 12:00:01"
     );
     assert_eq!(Verdict::of(&in_progress), Verdict::InProgress);
@@ -365,12 +373,23 @@ Odd ?
 }
 
 #[test]
-fn a_complete_definition_counts_as_settled() {
-    let mut complete = flow("in_progress", "shared", vec![]);
-    complete["definition"] = json!({"name": "order", "outcome": "complete"});
-    assert_eq!(Verdict::of(&complete), Verdict::Settled);
-    complete["state"] = json!("stuck");
-    assert_eq!(Verdict::of(&complete), Verdict::Stuck);
+fn a_definition_outcome_decides_the_verdict() {
+    let verdict = |state: &str, outcome: Option<&str>| {
+        let mut answer = flow(state, "shared", vec![]);
+        if let Some(outcome) = outcome {
+            answer["definition"] = json!({"name": "order", "outcome": outcome});
+        }
+        Verdict::of(&answer)
+    };
+    assert_eq!(verdict("settled", None), Verdict::Settled);
+    assert_eq!(verdict("in_progress", None), Verdict::InProgress);
+    assert_eq!(verdict("stuck", None), Verdict::Stuck);
+    assert_eq!(verdict("in_progress", Some("complete")), Verdict::Settled);
+    assert_eq!(verdict("settled", Some("complete")), Verdict::Settled);
+    assert_eq!(verdict("settled", Some("in_progress")), Verdict::InProgress);
+    assert_eq!(verdict("settled", Some("late")), Verdict::Stuck);
+    assert_eq!(verdict("in_progress", Some("failed")), Verdict::Stuck);
+    assert_eq!(verdict("stuck", Some("complete")), Verdict::Stuck);
 }
 
 #[test]
