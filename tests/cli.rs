@@ -225,6 +225,281 @@ async fn replay_by_flow_moves_only_that_flows_dead_letters_in_order() {
     sidecar.cleanup(&broker).await;
 }
 
+/// [`causeway`] off the test's thread: a watch waits for deliveries to the test's app.
+async fn causeway_async(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        causeway(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+/// `causeway flow ARGS` until its output has `wanted`, within 20 s; the output.
+async fn flow_until(args: &[&str], wanted: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = causeway_async(&[&["flow"], args].concat()).await;
+        if code == 0 && out.contains(wanted) {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {wanted:?} in time: {code} {out} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Removes from the shared Redis the routes of `services` and the receipts of the flow
+/// `correlation_id`, once their sidecars are gone.
+async fn forget_flow(services: &[String], correlation_id: &str, event_ids: &[String]) {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let routes: Vec<String> = redis::cmd("HKEYS")
+        .arg("causeway:flows:routes")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for route in routes {
+        if services.iter().any(|s| route.starts_with(&format!("{s}/"))) {
+            let _: i64 = redis::cmd("HDEL")
+                .arg("causeway:flows:routes")
+                .arg(&route)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+    }
+    let mut keys = vec![format!("causeway:flow:{correlation_id}")];
+    keys.extend(
+        event_ids
+            .iter()
+            .map(|id| format!("causeway:flow-event:{id}")),
+    );
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("ZREM")
+        .arg("causeway:flows:recent")
+        .arg(correlation_id)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn flow_shows_a_settled_flow_across_two_sidecars_as_a_tree() {
+    let app = TestApp::start().await;
+    // Event types of the test's own: every sidecar sharing Redis shares its routes.
+    let (placed, reserved) = (
+        common::unique("OrderPlaced"),
+        common::unique("StockReserved"),
+    );
+    let subscription = |name: &str, event_type: &str| {
+        format!(
+            "[[subscriptions]]\nname = \"{name}\"\nevent_type = \"{event_type}\"\nroute = \"/{name}\"\n"
+        )
+    };
+    let order = Settings::new()
+        .app(&app.url)
+        .set("CAUSEWAY_DEDUP_URL", REDIS)
+        .config_file(&subscription("audit", &reserved));
+    // One exchange (and so one unrouted queue, its alternate) for both services.
+    let exchange = order.get("CAUSEWAY_EXCHANGE").to_owned();
+    let unrouted = order.get("CAUSEWAY_UNROUTED_QUEUE").to_owned();
+    let inventory = Settings::new()
+        .app(&app.url)
+        .set("CAUSEWAY_DEDUP_URL", REDIS)
+        .set("CAUSEWAY_EXCHANGE", &exchange)
+        .set("CAUSEWAY_UNROUTED_QUEUE", &unrouted)
+        .config_file(&subscription("reserve", &placed));
+    let (order, inventory) = (order.start(), inventory.start());
+    order.wait_ready().await;
+    inventory.wait_ready().await;
+    let broker = Broker::connect().await;
+    // The inventory app reacts to the order by publishing that the stock is reserved.
+    app.react("/reserve", &inventory.api, &reserved);
+    let correlation_id = common::unique("order");
+    let published = order
+        .publish(&placed, "{}", &[("X-Correlation-ID", &correlation_id)])
+        .await;
+    assert_eq!(published.status, 202, "{published:?}");
+    let placed_id = published.body["event_id"].as_str().unwrap().to_owned();
+    app.wait_for("/audit", 1, Duration::from_secs(20)).await;
+    let reserved_id = app.received("/audit")[0].event_id();
+
+    let api = order.api.as_str();
+    let (svc_order, svc_inventory) = (order.service(), inventory.service());
+    let out = flow_until(&[&correlation_id, "--api", api], "  settled").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(
+        lines[0],
+        format!("{correlation_id}  settled  scope: shared")
+    );
+    assert!(
+        lines[1].starts_with(&format!("{placed} v1.0 ({svc_order}) {}…", &placed_id[..8])),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("│ → {svc_inventory}/reserve  delivered  in ")),
+        "{out}"
+    );
+    assert!(lines[2].ends_with(" ms after 1 attempt"), "{out}");
+    assert!(
+        lines[3].starts_with(&format!("└─ {reserved} v1.0 ({svc_inventory}) ")),
+        "{out}"
+    );
+    assert!(
+        lines[4].starts_with(&format!("     → {svc_order}/audit  delivered  in ")),
+        "{out}"
+    );
+
+    // The same flow, found by one of its events, and seen settled by a watch.
+    let (code, by_event, err) =
+        causeway_async(&["flow", "--event-id", &reserved_id, "--api", api]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(by_event, out);
+    let (code, watched, err) = causeway_async(&[
+        "flow",
+        &correlation_id,
+        "--watch",
+        "--timeout",
+        "10s",
+        "--api",
+        api,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(watched, out);
+    // For scripts: the API's answer.
+    let (code, json, err) =
+        causeway_async(&["flow", &correlation_id, "--output", "json", "--api", api]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["state"], "settled");
+    assert_eq!(json["events"][0]["event_id"], placed_id.as_str());
+    assert_eq!(json["events"][1]["causation_id"], placed_id.as_str());
+
+    order.cleanup_subscription(&broker, "audit").await;
+    inventory.cleanup_subscription(&broker, "reserve").await;
+    order.cleanup(&broker).await;
+    inventory.cleanup(&broker).await;
+    let services = [svc_order.to_owned(), svc_inventory.to_owned()];
+    drop((order, inventory));
+    forget_flow(&services, &correlation_id, &[placed_id, reserved_id]).await;
+}
+
+#[tokio::test]
+async fn flow_shows_a_stuck_flow_with_its_dead_letter_until_a_replay_settles_it() {
+    let app = TestApp::start().await;
+    app.always("/reserve", 422);
+    let placed = common::unique("OrderPlaced");
+    let sidecar = Settings::new()
+        .app(&app.url)
+        .config_file(&format!(
+            "[[subscriptions]]\nname = \"reserve\"\nevent_type = \"{placed}\"\nroute = \"/reserve\"\n"
+        ))
+        .start();
+    sidecar.wait_ready().await;
+    let broker = Broker::connect().await;
+    let correlation_id = common::unique("order");
+    let published = sidecar
+        .publish(&placed, "{}", &[("X-Correlation-ID", &correlation_id)])
+        .await;
+    assert_eq!(published.status, 202, "{published:?}");
+    sidecar
+        .wait_dead_letters("reserve", 1, Duration::from_secs(15))
+        .await;
+
+    let api = sidecar.api.as_str();
+    let svc = sidecar.service();
+    let out = flow_until(&[&correlation_id, "--api", api], "dead_lettered").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{correlation_id}  stuck: {svc}/reserve dead-lettered"
+        )),
+        "{out}"
+    );
+    assert!(lines[0].ends_with("  scope: local"), "{out}");
+    assert!(
+        lines[1].starts_with(&format!("{placed} v1.0 ({svc}) ")),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2],
+        format!(
+            "  → {svc}/reserve  dead_lettered  rejected: the app answered 422 (1 attempt) → {svc}.reserve.dlq"
+        )
+    );
+    // A watch that runs out of time on a stuck flow fails.
+    let (code, watched, _) = causeway_async(&[
+        "flow",
+        &correlation_id,
+        "--watch",
+        "--timeout",
+        "1s",
+        "--api",
+        api,
+    ])
+    .await;
+    assert_eq!(code, 1, "{watched}");
+    assert_eq!(watched, out);
+
+    // What is not a flow.
+    let unknown = common::unique("no-such-flow");
+    let (code, _, err) = causeway_async(&["flow", &unknown, "--api", api]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("404") && err.contains(&unknown), "{err}");
+    let (code, _, err) = causeway_async(&["flow", "tab\there", "--api", api]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("400"), "{err}");
+
+    // Once the app is fixed, replaying the flow settles it.
+    app.always("/reserve", 200);
+    let (code, out, err) = causeway_async(&["flow", "replay", &correlation_id, "--api", api]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "replayed 1\n  reserve  1\n");
+    let (code, watched, err) = causeway_async(&[
+        "flow",
+        &correlation_id,
+        "--watch",
+        "--timeout",
+        "20s",
+        "--api",
+        api,
+    ])
+    .await;
+    assert_eq!(code, 0, "{watched} {err}");
+    let last = watched.rsplit("\n\n").next().unwrap();
+    assert!(
+        last.starts_with(&format!("{correlation_id}  settled")),
+        "{watched}"
+    );
+    assert!(
+        last.contains(&format!("  → {svc}/reserve  delivered  in ")),
+        "{watched}"
+    );
+    // The replay is in the flow's record.
+    let (code, json, err) =
+        causeway_async(&["flow", &correlation_id, "--output", "json", "--api", api]).await;
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let hop = &json["events"][0]["hops"][0];
+    assert_eq!(hop["state"], "delivered", "{json}");
+    assert!(hop["replayed_at"].is_string(), "{json}");
+
+    sidecar.cleanup_subscription(&broker, "reserve").await;
+    sidecar.cleanup(&broker).await;
+}
+
 fn closed_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     probe.local_addr().unwrap().port()
