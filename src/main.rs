@@ -251,7 +251,13 @@ fn flow(show: ShowArgs, command: Option<FlowCommand>, target: &ApiTarget) -> Exi
             match runtime.block_on(cli::flow::watch(target, &show)) {
                 Ok(Verdict::Settled) => ExitCode::SUCCESS,
                 Ok(Verdict::Stuck) => ExitCode::FAILURE,
-                Ok(Verdict::InProgress) => ExitCode::from(EXIT_IN_PROGRESS),
+                Ok(Verdict::InProgress) => {
+                    eprintln!(
+                        "causeway: the flow is still in progress after {}",
+                        humantime::format_duration(show.timeout)
+                    );
+                    ExitCode::from(EXIT_IN_PROGRESS)
+                }
                 Err(error) => api_error(&error),
             }
         }
