@@ -77,6 +77,7 @@ pub fn is_valid_correlation_id(id: &str) -> bool {
 #[derive(Clone)]
 pub struct Flows {
     store: Arc<dyn FlowStore>,
+    exchange: Arc<str>,
     service: Arc<str>,
     definitions: Arc<[FlowDefinition]>,
     stuck_after: Duration,
@@ -91,15 +92,18 @@ impl std::fmt::Debug for Flows {
 }
 
 impl Flows {
-    /// Flows read from `store`, answered by `service`'s sidecar.
+    /// Flows read from `store`, answered by `service`'s sidecar. Flows live on one exchange:
+    /// only routes bound to `exchange` count.
     pub fn new(
         store: Arc<dyn FlowStore>,
+        exchange: &str,
         service: &str,
         definitions: Vec<FlowDefinition>,
         stuck_after: Duration,
     ) -> Self {
         Flows {
             store,
+            exchange: exchange.into(),
             service: service.into(),
             definitions: definitions.into(),
             stuck_after,
@@ -113,7 +117,7 @@ impl Flows {
 
     /// The flow `correlation_id`, when it has receipts.
     pub async fn get(&self, correlation_id: &str) -> Result<Option<FlowView>, StoreError> {
-        let routes = self.store.routes().await?;
+        let routes = self.routes().await?;
         self.build(correlation_id, &routes).await
     }
 
@@ -127,7 +131,7 @@ impl Flows {
 
     /// The `limit` flows with the latest receipts, newest first.
     pub async fn recent(&self, limit: usize) -> Result<Vec<FlowSummary>, StoreError> {
-        let routes = self.store.routes().await?;
+        let routes = self.routes().await?;
         let mut flows = Vec::new();
         for correlation_id in self.store.recent(limit).await? {
             if let Some(view) = self.build(&correlation_id, &routes).await? {
@@ -135,6 +139,12 @@ impl Flows {
             }
         }
         Ok(flows)
+    }
+
+    async fn routes(&self) -> Result<Vec<Route>, StoreError> {
+        let mut routes = self.store.routes().await?;
+        routes.retain(|r| *r.exchange == *self.exchange);
+        Ok(routes)
     }
 
     async fn build(

@@ -105,6 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     };
     let routes_task = tokio::spawn(register_routes(
         flow_store.clone(),
+        config.broker.exchange.clone(),
         config.service.clone(),
         registry.watch(),
         config.flow_retention,
@@ -180,6 +181,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         schemas,
         flows: Flows::new(
             flow_store,
+            &config.broker.exchange,
             &config.service,
             config.flows.clone(),
             config.flow_stuck_after,

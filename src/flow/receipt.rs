@@ -161,6 +161,8 @@ pub enum Scope {
 /// published while it existed still show their hop.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The exchange its queue is bound to: only events published there reach it.
+    pub exchange: String,
     /// The subscribing service.
     pub service: String,
     /// The subscription's name.
@@ -178,9 +180,10 @@ pub struct Route {
 }
 
 impl Route {
-    /// The route of `subscription` of `service`, starting at `since_ms`.
-    pub fn of(service: &str, subscription: &Subscription, since_ms: u64) -> Self {
+    /// The route of `subscription` of `service` on `exchange`, starting at `since_ms`.
+    pub fn of(exchange: &str, service: &str, subscription: &Subscription, since_ms: u64) -> Self {
         Route {
+            exchange: exchange.to_owned(),
             service: service.to_owned(),
             subscription: subscription.name.clone(),
             event_type: subscription.spec.event_type.clone(),
@@ -193,7 +196,10 @@ impl Route {
     /// The key routes are stored under: a rebound subscription has an ended route and a
     /// new one.
     pub fn key(&self) -> String {
-        format!("{}/{}/{}", self.service, self.subscription, self.since_ms)
+        format!(
+            "{}/{}/{}/{}",
+            self.exchange, self.service, self.subscription, self.since_ms
+        )
     }
 
     /// Whether an event published at `at_ms` went to this subscription.
@@ -232,6 +238,7 @@ mod tests {
 
     fn route(versions: Option<Vec<u32>>, since_ms: u64, until_ms: Option<u64>) -> Route {
         Route {
+            exchange: "events".into(),
             service: "inventory".into(),
             subscription: "reserve".into(),
             event_type: "OrderPlaced".into(),

@@ -18,9 +18,11 @@ use crate::{store::now_ms, subscription::Subscription};
 /// The wait before a failed registration is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// Registers `service`'s subscriptions now and after every change, until `shutdown`.
+/// Registers `service`'s subscriptions on `exchange` now and after every change, until
+/// `shutdown`.
 pub async fn register_routes(
     store: Arc<dyn FlowStore>,
+    exchange: String,
     service: String,
     mut subscriptions: watch::Receiver<Vec<Subscription>>,
     retention: Duration,
@@ -31,7 +33,14 @@ pub async fn register_routes(
         let current = subscriptions.borrow_and_update().clone();
         let outcome = async {
             let existing = store.routes().await?;
-            let changed = merge(&existing, &service, &current, now_ms(), retention);
+            let changed = merge(
+                &existing,
+                &exchange,
+                &service,
+                &current,
+                now_ms(),
+                retention,
+            );
             store.put_routes(&changed).await
         }
         .await;
@@ -64,6 +73,7 @@ pub async fn register_routes(
 /// which stores take as "forget").
 fn merge(
     existing: &[Route],
+    exchange: &str,
     service: &str,
     current: &[Subscription],
     now: u64,
@@ -71,9 +81,12 @@ fn merge(
 ) -> Vec<Route> {
     let keep = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
     let mut changed = Vec::new();
-    let mine: Vec<&Route> = existing.iter().filter(|r| r.service == service).collect();
+    let mine: Vec<&Route> = existing
+        .iter()
+        .filter(|r| r.service == service && r.exchange == exchange)
+        .collect();
     for subscription in current {
-        let wanted = Route::of(service, subscription, now);
+        let wanted = Route::of(exchange, service, subscription, now);
         let live = mine
             .iter()
             .find(|r| r.subscription == wanted.subscription && r.until_ms.is_none());
@@ -84,7 +97,8 @@ fn merge(
     }
     for route in mine {
         let still = current.iter().any(|s| {
-            s.name == route.subscription && route.same_binding(&Route::of(service, s, now))
+            s.name == route.subscription
+                && route.same_binding(&Route::of(exchange, service, s, now))
         });
         match route.until_ms {
             None if !still => changed.push(Route {
@@ -120,27 +134,29 @@ mod tests {
     #[test]
     fn new_subscriptions_start_routes_and_known_ones_keep_their_start() {
         let current = [subscription("reserve", "OrderPlaced")];
-        let first = merge(&[], "inventory", &current, 100, DAY);
+        let first = merge(&[], "events", "inventory", &current, 100, DAY);
         assert_eq!(first.len(), 1);
         assert_eq!((first[0].since_ms, first[0].until_ms), (100, None));
-        assert!(merge(&first, "inventory", &current, 200, DAY).is_empty());
+        assert!(merge(&first, "events", "inventory", &current, 200, DAY).is_empty());
     }
 
     #[test]
     fn deleted_or_rebound_subscriptions_end_their_routes() {
         let before = merge(
             &[],
+            "events",
             "inventory",
             &[subscription("reserve", "OrderPlaced")],
             100,
             DAY,
         );
-        let deleted = merge(&before, "inventory", &[], 200, DAY);
+        let deleted = merge(&before, "events", "inventory", &[], 200, DAY);
         assert_eq!(deleted.len(), 1);
         assert_eq!(deleted[0].until_ms, Some(200));
 
         let rebound = merge(
             &before,
+            "events",
             "inventory",
             &[subscription("reserve", "OrderPaid")],
             300,
@@ -163,16 +179,17 @@ mod tests {
     fn other_services_routes_are_left_alone_and_old_ends_are_forgotten() {
         let mut theirs = merge(
             &[],
+            "events",
             "payment",
             &[subscription("charge", "OrderPlaced")],
             100,
             DAY,
         );
-        assert!(merge(&theirs, "inventory", &[], 200, DAY).is_empty());
+        assert!(merge(&theirs, "events", "inventory", &[], 200, DAY).is_empty());
         theirs[0].until_ms = Some(100);
         theirs[0].service = "inventory".into();
         let day_ms = 86_400_000;
-        let forgotten = merge(&theirs, "inventory", &[], 101 + day_ms, DAY);
+        let forgotten = merge(&theirs, "events", "inventory", &[], 101 + day_ms, DAY);
         assert_eq!(forgotten[0].until_ms, Some(0));
     }
 }

@@ -39,6 +39,7 @@ fn hop(kind: Kind, event: &EventFacts, subscription: &str, at_ms: u64, facts: Ho
 
 fn route(subscription: &str, event_type: &str) -> Route {
     Route {
+        exchange: "events".into(),
         service: "inventory".into(),
         subscription: subscription.into(),
         event_type: event_type.into(),

@@ -161,10 +161,11 @@ impl FlowStore for EmbeddedStore {
                 }
                 Ok(values)
             })?;
+            // One unreadable route (written by a later version, say) hides only itself.
             Ok(values
                 .iter()
-                .map(|value| serde_json::from_slice(value))
-                .collect::<Result<Vec<Route>, _>>()?)
+                .filter_map(|value| serde_json::from_slice(value).ok())
+                .collect())
         })
     }
 

@@ -131,10 +131,11 @@ impl FlowStore for RedisDedup {
             let values: Vec<String> = self
                 .call(redis::cmd("HVALS").arg(ROUTES).query_async(&mut connection))
                 .await?;
+            // One unreadable route (written by a later version, say) hides only itself.
             Ok(values
                 .iter()
-                .map(|value| serde_json::from_str(value))
-                .collect::<Result<Vec<Route>, _>>()?)
+                .filter_map(|value| serde_json::from_str(value).ok())
+                .collect())
         })
     }
 
