@@ -253,9 +253,9 @@ async fn flow_until(args: &[&str], wanted: &str) -> String {
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
-/// Removes from the shared Redis the routes of `services` and the receipts of the flow
+/// Removes from the shared Redis the routes on `exchange` and the receipts of the flow
 /// `correlation_id`, once their sidecars are gone.
-async fn forget_flow(services: &[String], correlation_id: &str, event_ids: &[String]) {
+async fn forget_flow(exchange: &str, correlation_id: &str, event_ids: &[String]) {
     let client = redis::Client::open(REDIS).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let routes: Vec<String> = redis::cmd("HKEYS")
@@ -264,7 +264,7 @@ async fn forget_flow(services: &[String], correlation_id: &str, event_ids: &[Str
         .await
         .unwrap();
     for route in routes {
-        if services.iter().any(|s| route.starts_with(&format!("{s}/"))) {
+        if route.starts_with(&format!("{exchange}/")) {
             let _: i64 = redis::cmd("HDEL")
                 .arg("causeway:flows:routes")
                 .arg(&route)
@@ -295,11 +295,7 @@ async fn forget_flow(services: &[String], correlation_id: &str, event_ids: &[Str
 #[tokio::test]
 async fn flow_shows_a_settled_flow_across_two_sidecars_as_a_tree() {
     let app = TestApp::start().await;
-    // Event types of the test's own: every sidecar sharing Redis shares its routes.
-    let (placed, reserved) = (
-        common::unique("OrderPlaced"),
-        common::unique("StockReserved"),
-    );
+    let (placed, reserved) = ("OrderPlaced", "StockReserved");
     let subscription = |name: &str, event_type: &str| {
         format!(
             "[[subscriptions]]\nname = \"{name}\"\nevent_type = \"{event_type}\"\nroute = \"/{name}\"\n"
@@ -308,7 +304,7 @@ async fn flow_shows_a_settled_flow_across_two_sidecars_as_a_tree() {
     let order = Settings::new()
         .app(&app.url)
         .set("CAUSEWAY_DEDUP_URL", REDIS)
-        .config_file(&subscription("audit", &reserved));
+        .config_file(&subscription("audit", reserved));
     // One exchange (and so one unrouted queue, its alternate) for both services.
     let exchange = order.get("CAUSEWAY_EXCHANGE").to_owned();
     let unrouted = order.get("CAUSEWAY_UNROUTED_QUEUE").to_owned();
@@ -317,16 +313,16 @@ async fn flow_shows_a_settled_flow_across_two_sidecars_as_a_tree() {
         .set("CAUSEWAY_DEDUP_URL", REDIS)
         .set("CAUSEWAY_EXCHANGE", &exchange)
         .set("CAUSEWAY_UNROUTED_QUEUE", &unrouted)
-        .config_file(&subscription("reserve", &placed));
+        .config_file(&subscription("reserve", placed));
     let (order, inventory) = (order.start(), inventory.start());
     order.wait_ready().await;
     inventory.wait_ready().await;
     let broker = Broker::connect().await;
     // The inventory app reacts to the order by publishing that the stock is reserved.
-    app.react("/reserve", &inventory.api, &reserved);
+    app.react("/reserve", &inventory.api, reserved);
     let correlation_id = common::unique("order");
     let published = order
-        .publish(&placed, "{}", &[("X-Correlation-ID", &correlation_id)])
+        .publish(placed, "{}", &[("X-Correlation-ID", &correlation_id)])
         .await;
     assert_eq!(published.status, 202, "{published:?}");
     let placed_id = published.body["event_id"].as_str().unwrap().to_owned();
@@ -390,9 +386,8 @@ async fn flow_shows_a_settled_flow_across_two_sidecars_as_a_tree() {
     inventory.cleanup_subscription(&broker, "reserve").await;
     order.cleanup(&broker).await;
     inventory.cleanup(&broker).await;
-    let services = [svc_order.to_owned(), svc_inventory.to_owned()];
     drop((order, inventory));
-    forget_flow(&services, &correlation_id, &[placed_id, reserved_id]).await;
+    forget_flow(&exchange, &correlation_id, &[placed_id, reserved_id]).await;
 }
 
 #[tokio::test]
