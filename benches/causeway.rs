@@ -4,12 +4,13 @@
 //! 1. publish: raw lapin with confirms vs HTTP through causeway, at 1, 16, 64, 256 clients;
 //! 2. delivery: raw consume + ack vs causeway's delivery to a local app (dedup on disk);
 //! 3. the sidecar's peak RSS and CPU seconds per 1,000 events;
-//! 4. publish with every span sampled and exported vs spans off.
+//! 4. publish with every span sampled and exported vs spans off;
+//! 5. publish and delivery with flow receipts written vs not (`CAUSEWAY_FLOW_RECEIPTS`).
 //!
 //! It prints a table and writes JSON (`BENCH_JSON`, default target/bench/causeway.json).
 //! Numbers are ratios against the baseline measured in the same run: the machine is shared.
 //!
-//! Settings (environment): `BENCH_ONLY=publish,delivery,tracing` runs some parts only;
+//! Settings (environment): `BENCH_ONLY=publish,delivery,tracing,receipts` runs some parts only;
 //! `BENCH_SINK=quorum` publishes into a quorum queue instead of a classic one;
 //! `CAUSEWAY_WORKER_THREADS` is passed to the sidecar; `BENCH_SIDECAR_BIN` measures another
 //! build of the binary; `BENCH_PERF=dir` records the sidecar with `perf record`.
@@ -198,7 +199,8 @@ async fn bench() {
             "\n2. delivery: {DELIVERIES} events, ack after the app's 200 (dedup records on disk)"
         );
         let raw = raw_consume(&connection, &admin, &id).await;
-        let (via, delivery_cpu, delivery_rss) = sidecar_delivery(&connection, &admin, &id).await;
+        let (via, delivery_cpu, delivery_rss) =
+            sidecar_delivery(&connection, &admin, &id, "d", &[]).await;
         let ratio = via.rate() / raw.rate();
         println!(
             "raw consume+ack {:>8.0}/s | causeway delivery {:>8.0}/s | ratio {ratio:.2}",
@@ -238,6 +240,13 @@ async fn bench() {
             "off_rate": untraced.rate(), "on_rate": traced.rate(),
             "ratio": traced.rate() / untraced.rate(),
         });
+    }
+
+    if wanted("receipts") {
+        println!(
+            "\n5. flow receipts (embedded store): publish at 64 clients and delivery, written vs off"
+        );
+        report["receipts"] = receipts_cost(&connection, &admin, &id, &exchange, &sink).await;
     }
 
     let _ = admin
@@ -620,25 +629,28 @@ async fn raw_consume(connection: &Connection, admin: &Channel, id: &str) -> Samp
     }
 }
 
-/// Causeway's delivery of a preloaded backlog to a local app answering 200.
+/// Causeway's delivery of a preloaded backlog to a local app answering 200, by a sidecar
+/// named after `tag` with `extra` settings.
 async fn sidecar_delivery(
     connection: &Connection,
     admin: &Channel,
     id: &str,
+    tag: &str,
+    extra: &[(&'static str, String)],
 ) -> (Sample, f64, f64) {
     let received = Arc::new(AtomicU64::new(0));
     let app = app(received.clone()).await;
-    let service = format!("bench-{id}-d");
-    let exchange = format!("bench.{id}.d.events");
-    let unrouted = format!("bench.{id}.d.unrouted");
-    let data = tempdir(id, "delivery");
+    let service = format!("bench-{id}-{tag}");
+    let exchange = format!("bench.{id}.{tag}.events");
+    let unrouted = format!("bench.{id}.{tag}.unrouted");
+    let data = tempdir(id, &format!("delivery-{tag}"));
     let config = format!("{data}/causeway.toml");
     std::fs::write(
         &config,
         "[[subscriptions]]\nname = \"sink\"\nevent_type = \"Bench\"\nroute = \"/e\"\nconcurrency = 256\n",
     )
     .unwrap();
-    let env = [
+    let mut env = vec![
         ("CAUSEWAY_SERVICE", service.clone()),
         ("CAUSEWAY_EXCHANGE", exchange.clone()),
         ("CAUSEWAY_UNROUTED_QUEUE", unrouted.clone()),
@@ -647,6 +659,7 @@ async fn sidecar_delivery(
         ("CAUSEWAY_APP_URL", app),
         ("OTEL_TRACES_SAMPLER", "always_off".into()),
     ];
+    env.extend_from_slice(extra);
     // First run declares the queues; the backlog goes in while no sidecar consumes.
     let setup = Sidecar::start(&env);
     setup.wait_ready().await;
@@ -694,6 +707,69 @@ async fn sidecar_delivery(
         latencies: Vec::new(),
     };
     (sample, cpu, rss)
+}
+
+/// Publish at 64 clients and delivery, each with flow receipts off then on, twice in turn
+/// (off, on, off, on) so that drift in the machine's load hits both alike.
+async fn receipts_cost(
+    connection: &Connection,
+    admin: &Channel,
+    id: &str,
+    exchange: &str,
+    sink: &str,
+) -> Value {
+    let mut publish = [Vec::new(), Vec::new()];
+    let mut delivery = [Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (slot, on) in [(0, "false"), (1, "true")] {
+            let data = tempdir(id, &format!("receipts-{round}-{on}"));
+            let sidecar = Sidecar::start(&[
+                ("CAUSEWAY_SERVICE", format!("bench-{id}-r")),
+                ("CAUSEWAY_EXCHANGE", exchange.to_owned()),
+                ("CAUSEWAY_UNROUTED_QUEUE", format!("bench.{id}.unrouted")),
+                ("CAUSEWAY_DATA_DIR", data.clone()),
+                ("CAUSEWAY_FLOW_RECEIPTS", on.to_owned()),
+                ("OTEL_TRACES_SAMPLER", "always_off".into()),
+            ]);
+            sidecar.wait_ready().await;
+            let cpu_before = sidecar.cpu_seconds();
+            let sample = http_publish(&sidecar.api, 64).await;
+            let cpu = (sidecar.cpu_seconds() - cpu_before) / sample.count as f64 * 1000.0;
+            publish[slot].push((sample.rate(), cpu));
+            purge(admin, sink).await;
+            drop(sidecar);
+            let _ = std::fs::remove_dir_all(&data);
+            let tag = format!("r{round}{on}");
+            let extra = [("CAUSEWAY_FLOW_RECEIPTS", on.to_owned())];
+            let (sample, cpu, _) = sidecar_delivery(connection, admin, id, &tag, &extra).await;
+            delivery[slot].push((sample.rate(), cpu / sample.count as f64 * 1000.0));
+        }
+    }
+    let mean = |runs: &[(f64, f64)]| {
+        let n = runs.len() as f64;
+        (
+            runs.iter().map(|r| r.0).sum::<f64>() / n,
+            runs.iter().map(|r| r.1).sum::<f64>() / n,
+        )
+    };
+    let (publish_off, publish_off_cpu) = mean(&publish[0]);
+    let (publish_on, publish_on_cpu) = mean(&publish[1]);
+    let (delivery_off, delivery_off_cpu) = mean(&delivery[0]);
+    let (delivery_on, delivery_on_cpu) = mean(&delivery[1]);
+    println!(
+        "publish:  off {publish_off:>8.0}/s | on {publish_on:>8.0}/s | ratio {:.2} | CPU s per 1,000 {publish_off_cpu:.3} -> {publish_on_cpu:.3}",
+        publish_on / publish_off
+    );
+    println!(
+        "delivery: off {delivery_off:>8.0}/s | on {delivery_on:>8.0}/s | ratio {:.2} | CPU s per 1,000 {delivery_off_cpu:.3} -> {delivery_on_cpu:.3}",
+        delivery_on / delivery_off
+    );
+    json!({
+        "publish": {"off_rate": publish_off, "on_rate": publish_on, "ratio": publish_on / publish_off,
+                    "off_cpu_seconds_per_1000": publish_off_cpu, "on_cpu_seconds_per_1000": publish_on_cpu},
+        "delivery": {"off_rate": delivery_off, "on_rate": delivery_on, "ratio": delivery_on / delivery_off,
+                     "off_cpu_seconds_per_1000": delivery_off_cpu, "on_cpu_seconds_per_1000": delivery_on_cpu},
+    })
 }
 
 /// Publishing at 64 clients with spans off, then with every span sampled and exported to a

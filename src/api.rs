@@ -1,7 +1,7 @@
 //! The HTTP surfaces: the app-facing API and the admin listener.
 //!
-//! `router(state)` builds the app API (publish, subscriptions, dead letters) and serves the
-//! flow page at `/ui/`;
+//! `router(state)` builds the app API (publish, subscriptions, dead letters, flows) and
+//! serves the flow page at `/ui/`;
 //! `admin::router(state)` builds `/healthz`, `/readyz` and `/metrics`. Both answer every error as
 //! problem+json.
 
@@ -10,6 +10,7 @@ mod auth;
 mod batch;
 mod body;
 mod extract;
+mod flow_replay;
 mod flows;
 pub mod problem;
 mod publish;
@@ -75,6 +76,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/publish/{event_type}", post(publish::publish))
         .route("/v1/flows", get(flows::list))
         .route("/v1/flows/{correlation_id}", get(flows::get))
+        .route(
+            "/v1/flows/{correlation_id}/replay",
+            post(flow_replay::replay),
+        )
         .route("/v1/schemas", get(schemas::list))
         .route("/v1/schemas/{event_type}/{version}", get(schemas::get))
         .route("/v1/subscriptions", get(subscriptions::list))

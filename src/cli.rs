@@ -1,6 +1,7 @@
-//! Command-line tools: `causeway dlq list|replay|purge` (clients of a running sidecar's
-//! API) and `causeway schema check|consumers`.
+//! Command-line tools: `causeway dlq list|replay|purge` and `causeway flow` (clients of a
+//! running sidecar's API) and `causeway schema check|consumers`.
 
+pub mod flow;
 pub mod schema;
 
 use std::fmt::Write as _;
@@ -10,11 +11,26 @@ use serde_json::{Value, json};
 use crate::config::without_credentials;
 
 /// Where the sidecar's API is and how to authenticate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct ApiTarget {
-    /// Base URL, such as `http://127.0.0.1:7070`.
+    /// The sidecar's API.
+    #[arg(
+        id = "api",
+        long = "api",
+        value_name = "API",
+        global = true,
+        env = "CAUSEWAY_API_URL",
+        default_value = "http://127.0.0.1:7070",
+        hide_env_values = true
+    )]
     pub url: String,
-    /// Bearer token, when the API requires one.
+    /// The API's bearer token, when it requires one.
+    #[arg(
+        long,
+        global = true,
+        env = "CAUSEWAY_API_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 }
 
@@ -29,12 +45,16 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Send dead letters back for delivery, with attempts reset: all, or the given ids.
+    /// Send dead letters back for delivery, with attempts reset: all, the given ids, or
+    /// those of one flow.
     Replay {
         /// The subscription's name.
         subscription: String,
         /// Event ids to replay; all when none are given.
         event_ids: Vec<String>,
+        /// Only the dead letters of this flow.
+        #[arg(long, value_name = "ID", conflicts_with = "event_ids")]
+        correlation_id: Option<String>,
     },
     /// Delete every dead letter of a subscription, for good.
     Purge {
@@ -85,9 +105,13 @@ pub async fn dlq(target: &ApiTarget, command: DlqCommand) -> Result<String, CliE
         DlqCommand::Replay {
             subscription,
             event_ids,
+            correlation_id,
         } => {
             let path = format!("/v1/subscriptions/{subscription}/dead-letters/replay");
-            let body = (!event_ids.is_empty()).then(|| json!({ "event_ids": event_ids }));
+            let body = match correlation_id {
+                Some(id) => Some(json!({ "correlation_id": id })),
+                None => (!event_ids.is_empty()).then(|| json!({ "event_ids": event_ids })),
+            };
             let replayed = call(target, reqwest::Method::POST, &path, body).await?;
             let mut out = format!("replayed {}\n", replayed["replayed"]);
             if let Some(missing) = replayed["not_found"].as_array().filter(|m| !m.is_empty()) {

@@ -20,6 +20,6 @@ pub mod topology;
 
 pub use app::AppClient;
 pub use consumer::ConsumerError;
-pub use dead_letters::{DeadLetter, DeadLetterError, DeadLetters, Replayed};
+pub use dead_letters::{DeadLetter, DeadLetterError, DeadLetters, ReplayFilter, Replayed};
 pub use state::{State, States, SubscriptionState};
 pub use supervisor::{Supervisor, SupervisorConfig};

@@ -8,7 +8,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use causeway::{
-    cli::{self, ApiTarget, CliError, DlqCommand},
+    cli::{
+        self, ApiTarget, CliError, DlqCommand,
+        flow::{FlowCommand, ShowArgs, Verdict},
+    },
     config::Config,
     shutdown,
     sidecar::{self, SidecarError},
@@ -36,23 +39,19 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
-        /// The sidecar's API.
-        #[arg(
-            long,
-            global = true,
-            env = "CAUSEWAY_API_URL",
-            default_value = "http://127.0.0.1:7070",
-            hide_env_values = true
-        )]
-        api: String,
-        /// The API's bearer token, when it requires one.
-        #[arg(
-            long,
-            global = true,
-            env = "CAUSEWAY_API_TOKEN",
-            hide_env_values = true
-        )]
-        token: Option<String>,
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Show a flow (the events of one correlation id and where each went) as a tree, through
+    /// a running sidecar; or replay its dead letters.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Flow {
+        #[command(flatten)]
+        show: ShowArgs,
+        #[command(subcommand)]
+        command: Option<FlowCommand>,
+        #[command(flatten)]
+        target: ApiTarget,
     },
     /// Check schema changes for safety, and find who consumes an event type.
     Schema {
@@ -117,6 +116,9 @@ const SPAN_FLUSH: Duration = Duration::from_secs(5);
 const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code for a command that needs more (a purge without --yes), as clap uses.
 const EXIT_USAGE: u8 = 2;
+/// Exit code of `flow --watch` when the flow is still in progress at the timeout
+/// (EX_TEMPFAIL).
+const EXIT_IN_PROGRESS: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -125,11 +127,12 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config),
-        Command::Dlq {
+        Command::Dlq { command, target } => dlq(command, &target),
+        Command::Flow {
+            show,
             command,
-            api,
-            token,
-        } => dlq(command, &ApiTarget { url: api, token }),
+            target,
+        } => flow(show, command, &target),
         Command::Schema { command } => schema(command),
     }
 }
@@ -231,22 +234,58 @@ fn schema(command: SchemaCommand) -> ExitCode {
 }
 
 fn dlq(command: DlqCommand, target: &ApiTarget) -> ExitCode {
+    api_command(cli::dlq(target, command))
+}
+
+/// `causeway flow`: shows the flow once (exit 0 when it was found), or watches it (exit 0
+/// when it settled, 1 when it is stuck or failed, 75 when still in progress); or replays it.
+fn flow(show: ShowArgs, command: Option<FlowCommand>, target: &ApiTarget) -> ExitCode {
+    match command {
+        Some(FlowCommand::Replay { correlation_id }) => {
+            api_command(cli::flow::replay(target, &correlation_id))
+        }
+        None if show.watch => {
+            let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(cli::flow::watch(target, &show)) {
+                Ok(Verdict::Settled) => ExitCode::SUCCESS,
+                Ok(Verdict::Stuck) => ExitCode::FAILURE,
+                Ok(Verdict::InProgress) => {
+                    eprintln!(
+                        "causeway: the flow is still in progress after {}",
+                        humantime::format_duration(show.timeout)
+                    );
+                    ExitCode::from(EXIT_IN_PROGRESS)
+                }
+                Err(error) => api_error(&error),
+            }
+        }
+        None => api_command(cli::flow::show(target, &show)),
+    }
+}
+
+/// Runs a command against the sidecar's API and prints what it returns.
+fn api_command(command: impl Future<Output = Result<String, CliError>>) -> ExitCode {
     let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(cli::dlq(target, command)) {
+    match runtime.block_on(command) {
         Ok(output) => {
             print!("{output}");
             ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("causeway: {error}");
-            match error {
-                CliError::Unreachable { .. } => ExitCode::from(EXIT_UNAVAILABLE),
-                CliError::Unconfirmed(_) => ExitCode::from(EXIT_USAGE),
-                CliError::Refused { .. } => ExitCode::FAILURE,
-            }
-        }
+        Err(error) => api_error(&error),
+    }
+}
+
+/// Says why an API command failed, with its exit code.
+fn api_error(error: &CliError) -> ExitCode {
+    eprintln!("causeway: {error}");
+    match error {
+        CliError::Unreachable { .. } => ExitCode::from(EXIT_UNAVAILABLE),
+        CliError::Unconfirmed(_) => ExitCode::from(EXIT_USAGE),
+        CliError::Refused { .. } => ExitCode::FAILURE,
     }
 }
 

@@ -161,7 +161,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         metrics.clone(),
         schemas.clone(),
     )
-    .with_receipts(receipts);
+    .with_receipts(receipts.clone());
     let api_state = ApiState {
         publish: publish.clone(),
         health: health.clone(),
@@ -175,7 +175,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
             &config.broker.urls,
             config.broker.connect_timeout,
             format!("causeway {} dead-letter operation", config.service),
-        )),
+        ))
+        .with_receipts(receipts),
         metrics: metrics.clone(),
         schemas,
         flows: Flows::new(

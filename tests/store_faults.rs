@@ -504,3 +504,64 @@ async fn a_full_disk_stops_the_store_visibly_and_it_recovers_without_a_restart()
     drop(sidecar);
     drop(tmpfs);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_receipts_wait_out_a_redis_outage_and_publishes_never_wait_for_them() {
+    let port = free_port();
+    let mut redis = RedisServer::start(port);
+    let app = TestApp::start().await;
+    let sidecar = Settings::new()
+        .app(&app.url)
+        .set("CAUSEWAY_DEDUP_URL", &redis.url())
+        .start();
+    sidecar.wait_ready().await;
+    let correlation_id = unique("order");
+    let flow_has = |event_id: String| {
+        let sidecar = &sidecar;
+        let path = format!("/v1/flows/{correlation_id}");
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let answer = sidecar.call("GET", &path, None).await;
+                let events = answer.body["events"].as_array().cloned().unwrap_or_default();
+                if events.iter().any(|e| e["event_id"] == event_id.as_str()) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{event_id} never showed: {answer:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let first = sidecar
+        .publish(EVENT_TYPE, "{}", &[("X-Correlation-ID", &correlation_id)])
+        .await;
+    assert_eq!(first.status, 202);
+    flow_has(first.body["event_id"].as_str().unwrap().to_owned()).await;
+
+    redis.kill();
+    let during = sidecar
+        .publish(EVENT_TYPE, "{}", &[("X-Correlation-ID", &correlation_id)])
+        .await;
+    assert_eq!(during.status, 202, "a publish does not wait for its receipt: {during:?}");
+    let failed = r#"causeway_flow_receipts_total{outcome="failed"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&sidecar, failed).await.unwrap_or_default() < 2.0 {
+        assert!(Instant::now() < deadline, "the failed writes were not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = |message: &str| {
+        sidecar
+            .logs()
+            .iter()
+            .filter(|line| line.contains(message))
+            .count()
+    };
+    assert_eq!(lines("flow receipts cannot be written"), 1, "one line per state change");
+
+    // The receipt waited in the sidecar: it reaches the new (empty) Redis.
+    let _redis = RedisServer::start(port);
+    flow_has(during.body["event_id"].as_str().unwrap().to_owned()).await;
+    assert_eq!(lines("flow receipts are written again"), 1);
+    let broker = Broker::connect().await;
+    sidecar.cleanup(&broker).await;
+}

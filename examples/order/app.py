@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""The order service of the causeway example: takes orders, publishes OrderPlaced, and marks an
-order paid when PaymentTaken arrives.
+"""The order service of the causeway example: takes orders, publishes OrderPlaced, and answers
+where each order stands from its flow, which its sidecar knows (GET /v1/flows/<order id>): the
+order id is the flow's correlation id, and the sidecar's [[flows]] definition "order" says
+whether the flow is complete (paid), failed, late or still in progress.
 
 It speaks only HTTP, and only to its own sidecar (CAUSEWAY_URL). Python 3 standard library only.
 
   POST /orders                 {"sku", "quantity", "total_cents", "currency"}
                                -> 202 {"order_id", "status": "processing", "poll": "/orders/<id>"}
-  GET  /orders/<id>            -> 200 the order and its status, or 404
-  POST /events/payment-taken   a delivery from the sidecar (subscription to PaymentTaken)
+  GET  /orders/<id>            -> 200 the order, its status (processing, paid, failed, late)
+                                  and its flow (state, outcome, reason), or 404
+  POST /events/payment-taken   a delivery from the sidecar (subscription to PaymentTaken):
+                               keeps the payment id
   GET  /healthz                -> 200
 
 Environment: HOST (default 127.0.0.1; 0.0.0.0 in a container), PORT (default 8080), CAUSEWAY_URL (default http://127.0.0.1:7070), JOURNAL (a file
@@ -21,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +59,20 @@ def journal(action, event_type, event_id, causation_id, correlation_id, **extra)
     line.update(extra)
     with journal_lock, open(JOURNAL, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
+
+
+# The flow definition's outcome, as an order's status.
+STATUS = {"complete": "paid", "failed": "failed", "late": "late", "in_progress": "processing"}
+
+
+def flow_of(correlation_id):
+    """The flow from the sidecar, or None when it has none (yet) or cannot be asked."""
+    url = f"{CAUSEWAY_URL}/v1/flows/{urllib.parse.quote(correlation_id, safe='')}"
+    try:
+        with HTTP.open(url, timeout=5) as response:
+            return json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def publish(event_type, payload, headers):
@@ -126,6 +145,14 @@ class Handler(BaseHTTPRequestHandler):
                 order = dict(order) if order else None
             if order is None:
                 return self.problem(404, f"there is no order {order_id}")
+            if order["status"] == "processing":
+                # Where it stands is the flow's business, not a journal of this app's.
+                flow = flow_of(order_id)
+                definition = (flow or {}).get("definition") or {}
+                order["status"] = STATUS.get(definition.get("outcome"), "processing")
+                order["flow"] = flow and {"state": flow["state"],
+                                          "outcome": definition.get("outcome"),
+                                          "reason": definition.get("reason") or flow.get("reason")}
             return self.answer(200, order)
         self.problem(404, f"no route for {self.path}")
 
@@ -158,7 +185,9 @@ class Handler(BaseHTTPRequestHandler):
             "currency": body["currency"],
             "items": [{"sku": body["sku"], "quantity": body["quantity"]}],
         }
-        headers = {"X-Schema-Version": "2.0", "Idempotency-Key": order_id}
+        # The order id names the flow: "where is order X?" is GET /v1/flows/X.
+        headers = {"X-Schema-Version": "2.0", "Idempotency-Key": order_id,
+                   "X-Correlation-ID": order_id}
         for name in ("traceparent", "tracestate"):
             if self.headers.get(name):
                 headers[name] = self.headers[name]
@@ -203,7 +232,6 @@ class Handler(BaseHTTPRequestHandler):
         with orders_lock:
             order = orders.get(order_id)
             if order is not None:
-                order["status"] = "paid"
                 order["payment_id"] = payload.get("payment_id")
         status = 200 if order is not None else 422
         journal("received", self.headers.get("X-Event-Type"), self.headers.get("X-Event-ID"),
@@ -213,7 +241,7 @@ class Handler(BaseHTTPRequestHandler):
         if order is None:
             # Never going to succeed here: the sidecar dead-letters it (reason rejected).
             return self.problem(422, f"there is no order {order_id!r}")
-        self.answer(200, {"order_id": order_id, "status": "paid"})
+        self.answer(200, {"order_id": order_id, "payment_id": order["payment_id"]})
 
 
 if __name__ == "__main__":

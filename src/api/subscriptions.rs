@@ -1,6 +1,6 @@
 //! `/v1/subscriptions`: make, list and remove subscriptions, and work their dead letters.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Json,
@@ -20,7 +20,8 @@ use super::{
     problem::Problem,
 };
 use crate::{
-    delivery::{DeadLetterError, State as ConsumerState, topology::Queues},
+    delivery::{DeadLetterError, ReplayFilter, Replayed, State as ConsumerState, topology::Queues},
+    flow::is_valid_correlation_id,
     subscription::{FieldProblem, Origin, RegistryError, Subscription, SubscriptionSpec},
 };
 
@@ -73,6 +74,18 @@ impl ApiState {
                 format!("there is no subscription named {name:?}"),
             )
         })
+    }
+
+    /// Replays the dead letters of `subscription` that `filter` picks.
+    pub(super) async fn replay(
+        &self,
+        subscription: &Subscription,
+        filter: &ReplayFilter,
+    ) -> Result<Replayed, Problem> {
+        self.dead_letters
+            .replay(&self.service, subscription, filter)
+            .await
+            .map_err(broker_problem)
     }
 }
 
@@ -199,9 +212,39 @@ pub(super) struct ReplayRequest {
     /// Only these; all of them when absent. `null` is refused: it must not mean "all".
     #[serde(default, deserialize_with = "crate::subscription::present")]
     event_ids: Option<Vec<String>>,
+    /// Only those of this flow. `null` is refused as well.
+    #[serde(default, deserialize_with = "crate::subscription::present")]
+    correlation_id: Option<String>,
 }
 
-/// `POST /v1/subscriptions/{name}/dead-letters/replay`: all of them, or `{"event_ids":[…]}`.
+impl ReplayRequest {
+    /// Which dead letters the request asks for; 422 naming the field when it asks wrongly.
+    fn filter(self) -> Result<ReplayFilter, Problem> {
+        match (self.event_ids, self.correlation_id) {
+            (None, None) => Ok(ReplayFilter::All),
+            (Some(ids), None) => Ok(ReplayFilter::EventIds(ids.into_iter().collect())),
+            (None, Some(id)) if is_valid_correlation_id(&id) => Ok(ReplayFilter::CorrelationId(id)),
+            (None, Some(_)) => Err(field_problem(
+                "correlation_id",
+                "must be 1 to 128 printable ASCII characters",
+            )),
+            (Some(_), Some(_)) => Err(field_problem(
+                "correlation_id",
+                "cannot be given with event_ids: replay by event ids or by flow, not both",
+            )),
+        }
+    }
+}
+
+fn field_problem(field: &'static str, message: &str) -> Problem {
+    Problem::unprocessable(format!("{field} {message}")).with_errors([FieldProblem {
+        field,
+        message: message.to_owned(),
+    }])
+}
+
+/// `POST /v1/subscriptions/{name}/dead-letters/replay`: all of them, `{"event_ids":[…]}`
+/// or `{"correlation_id":"…"}`.
 pub(super) async fn replay_dead_letters(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
@@ -213,16 +256,9 @@ pub(super) async fn replay_dead_letters(
     } else {
         ReplayRequest::default()
     };
+    let filter = request.filter()?;
     let (subscription, _) = state.find(&name).await?;
-    let queues = Queues::new(&state.service, &subscription);
-    let only = request
-        .event_ids
-        .map(|ids| ids.into_iter().collect::<HashSet<_>>());
-    let replayed = state
-        .dead_letters
-        .replay(&queues, only)
-        .await
-        .map_err(broker_problem)?;
+    let replayed = state.replay(&subscription, &filter).await?;
     info!(subscription = %name, replayed = replayed.replayed, "dead letters replayed");
     Ok(Json(replayed).into_response())
 }
@@ -299,4 +335,48 @@ fn broker_problem(error: DeadLetterError) -> Problem {
         "the broker could not complete the dead-letter operation; nothing was lost, retry later",
         5,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn filter(body: Value) -> Result<ReplayFilter, Problem> {
+        serde_json::from_value::<ReplayRequest>(body)
+            .map_err(|e| Problem::unprocessable(e.to_string()))?
+            .filter()
+    }
+
+    #[test]
+    fn a_replay_asks_for_all_some_ids_or_one_flow() {
+        assert_eq!(filter(json!({})).unwrap(), ReplayFilter::All);
+        assert_eq!(
+            filter(json!({"event_ids": ["e-1"]})).unwrap(),
+            ReplayFilter::EventIds(["e-1".to_owned()].into())
+        );
+        assert_eq!(
+            filter(json!({"correlation_id": "order 1001"})).unwrap(),
+            ReplayFilter::CorrelationId("order 1001".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_bad_flow_replay_is_a_422_naming_the_field() {
+        let too_long = "a".repeat(129);
+        for body in [
+            json!({"correlation_id": ""}),
+            json!({"correlation_id": too_long}),
+            json!({"correlation_id": "tab\there"}),
+            json!({"correlation_id": "é"}),
+            json!({"correlation_id": "order-1", "event_ids": []}),
+        ] {
+            let problem = filter(body.clone()).unwrap_err();
+            assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            let errors = problem.errors.unwrap();
+            assert_eq!(errors[0]["field"], "correlation_id", "{body}");
+        }
+        assert!(filter(json!({"correlation_id": null})).is_err());
+    }
 }

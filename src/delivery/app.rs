@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::Instant};
 use tracing::{Instrument, debug, field::Empty, info_span};
 
-use super::outcome::AppAnswer;
+use super::outcome::{AppAnswer, error_detail};
 use crate::{
     config::AppUrl,
     envelope::{Envelope, TraceContext},
@@ -35,6 +35,8 @@ const MAX_IDLE: usize = 256;
 /// connections after a few seconds (2 s for gunicorn, 5 s for Node.js); a request sent just
 /// as the app closes one would fail for nothing.
 const IDLE_FOR: Duration = Duration::from_secs(1);
+/// How much of a failing answer's body is kept to say why it failed.
+const DETAIL_BYTES: usize = 4096;
 
 /// A pooled keep-alive client for the app at one base URL.
 #[derive(Clone, Debug)]
@@ -173,22 +175,41 @@ impl AppClient {
             };
             let code = response.status();
             let retry_after = retry_after(response.headers());
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             // Reading the answer to its end frees the connection for the next delivery; an
-            // answer that breaks half-way still counts, but its connection is not reused.
+            // answer that breaks half-way still counts, but its connection is not reused. A
+            // failing answer's first bytes say why.
             let mut body = response.into_body();
             let mut whole = true;
+            let mut head = Vec::new();
             while let Some(frame) = body.frame().await {
-                if frame.is_err() {
+                let Ok(frame) = frame else {
                     whole = false;
                     break;
+                };
+                if let Some(data) = frame.data_ref() {
+                    if !code.is_success() && head.len() < DETAIL_BYTES {
+                        let room = DETAIL_BYTES - head.len();
+                        head.extend_from_slice(&data[..data.len().min(room)]);
+                    }
                 }
             }
             if whole && code != StatusCode::SWITCHING_PROTOCOLS {
                 self.checkin(sender);
             }
+            let detail = if code.is_success() {
+                None
+            } else {
+                error_detail(content_type.as_deref(), &head)
+            };
             return AppAnswer::Status {
                 code: code.as_u16(),
                 retry_after,
+                detail,
             };
         }
     }

@@ -27,7 +27,10 @@ use crate::{
     broker::{
         DialError, Dialer, OwnedConnection, PublishError, existing_queue_depth, publish_confirmed,
     },
+    envelope::Envelope,
+    flow::{HopFacts, Kind, Receipt, Receipts},
     key_locks::KeyLocks,
+    subscription::Subscription,
 };
 
 /// How long one dead-letter operation may take at the broker.
@@ -62,6 +65,32 @@ pub struct DeadLetter {
     pub body: Option<String>,
 }
 
+/// Which dead letters a replay moves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayFilter {
+    /// Every one.
+    All,
+    /// Those whose event id is one of these.
+    EventIds(HashSet<String>),
+    /// Those of one flow: whose correlation id is this one.
+    CorrelationId(String),
+}
+
+impl ReplayFilter {
+    /// Whether the message with `properties` and `body` is to be replayed, and its event id.
+    fn wants(&self, properties: &BasicProperties, body: &[u8]) -> (bool, Option<String>) {
+        let event_id = event_id(properties, body);
+        let wanted = match self {
+            ReplayFilter::All => true,
+            ReplayFilter::EventIds(ids) => event_id.as_ref().is_some_and(|id| ids.contains(id)),
+            ReplayFilter::CorrelationId(wanted) => {
+                correlation_id(properties, body).is_some_and(|id| id == *wanted)
+            }
+        };
+        (wanted, event_id)
+    }
+}
+
 /// What a replay did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Replayed {
@@ -93,6 +122,7 @@ pub enum DeadLetterError {
 pub struct DeadLetters {
     dialer: Arc<Dialer>,
     turns: Arc<KeyLocks>,
+    receipts: Option<Receipts>,
 }
 
 impl DeadLetters {
@@ -101,7 +131,15 @@ impl DeadLetters {
         DeadLetters {
             dialer: Arc::new(dialer),
             turns: Arc::default(),
+            receipts: None,
         }
+    }
+
+    /// Writes a `replayed` receipt for each event a replay moves, so that its flow shows the
+    /// hop pending again.
+    pub fn with_receipts(mut self, receipts: Receipts) -> Self {
+        self.receipts = Some(receipts);
+        self
     }
 
     /// Up to `limit` dead letters, oldest first (by when they were dead-lettered), and how
@@ -152,13 +190,22 @@ impl DeadLetters {
         .await
     }
 
-    /// Moves dead letters back to the subscription's queue with their attempts reset: all
-    /// of them, or those whose event id is in `only`. Queue order is kept.
+    /// Moves the dead letters of `subscription` of `service` that `filter` picks back to the
+    /// subscription's queue with their attempts reset. Queue order is kept, of those moved
+    /// and of those left.
     pub async fn replay(
         &self,
-        queues: &Queues,
-        only: Option<HashSet<String>>,
+        service: &str,
+        subscription: &Subscription,
+        filter: &ReplayFilter,
     ) -> Result<Replayed, DeadLetterError> {
+        let queues = &Queues::new(service, subscription);
+        let hop = HopFacts {
+            service: service.to_owned(),
+            subscription: subscription.name.clone(),
+            max_attempts: Some(subscription.spec.max_attempts),
+            ..HopFacts::default()
+        };
         self.exclusive(&queues.dlq, |channel, depth| async move {
             let mut replayed = Replayed::default();
             let mut found = HashSet::new();
@@ -172,16 +219,16 @@ impl DeadLetters {
                         break;
                     };
                     let delivery = message.delivery;
-                    let event_id = event_id(&delivery.properties, &delivery.data);
-                    let wanted = match (&only, &event_id) {
-                        (None, _) => true,
-                        (Some(ids), Some(id)) => ids.contains(id),
-                        (Some(_), None) => false,
-                    };
+                    let (wanted, event_id) = filter.wants(&delivery.properties, &delivery.data);
                     if !wanted {
                         kept = Some(delivery.delivery_tag);
                         continue;
                     }
+                    // Dated before the publish: the delivery that may follow at once is later.
+                    let receipt = self.receipts.as_ref().and_then(|_| {
+                        let envelope = Envelope::decode(&delivery.data).ok()?;
+                        Some(Receipt::new(Kind::Replayed, &envelope, Some(hop.clone())))
+                    });
                     let deadline = Instant::now() + OPERATION_TIMEOUT;
                     publish_confirmed(
                         &channel,
@@ -198,13 +245,16 @@ impl DeadLetters {
                         .await?;
                     replayed.replayed += 1;
                     found.extend(event_id);
+                    if let (Some(receipts), Some(receipt)) = (&self.receipts, receipt) {
+                        receipts.record(receipt);
+                    }
                 }
                 if let Some(tag) = kept {
                     channel.basic_nack(tag, requeue_all()).await?;
                 }
             }
-            if let Some(ids) = only {
-                replayed.not_found = ids.into_iter().filter(|id| !found.contains(id)).collect();
+            if let ReplayFilter::EventIds(ids) = filter {
+                replayed.not_found = ids.difference(&found).cloned().collect();
                 replayed.not_found.sort();
             }
             Ok(replayed)
@@ -290,10 +340,23 @@ fn event_id(properties: &BasicProperties, body: &[u8]) -> Option<String> {
         .message_id()
         .as_ref()
         .map(|id| id.to_string())
-        .or_else(|| {
-            let envelope: Value = serde_json::from_slice(body).ok()?;
-            envelope["event_id"].as_str().map(str::to_owned)
-        })
+        .or_else(|| envelope_text(body, "event_id"))
+}
+
+/// The correlation id of a message: its correlation id property (which mirrors the
+/// envelope's), else the envelope's.
+fn correlation_id(properties: &BasicProperties, body: &[u8]) -> Option<String> {
+    properties
+        .correlation_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .or_else(|| envelope_text(body, "correlation_id"))
+}
+
+/// A text field of the envelope, when the body is one.
+fn envelope_text(body: &[u8], field: &str) -> Option<String> {
+    let envelope: Value = serde_json::from_slice(body).ok()?;
+    envelope[field].as_str().map(str::to_owned)
 }
 
 fn describe(properties: &BasicProperties, body: &[u8]) -> DeadLetter {
@@ -327,6 +390,50 @@ mod tests {
 
     use super::*;
     use crate::{amqp::tests::properties, telemetry::field_table_trace};
+
+    fn message(correlation: Option<&str>, body: &str) -> (BasicProperties, Vec<u8>) {
+        let mut properties = BasicProperties::default();
+        if let Some(id) = correlation {
+            properties = properties.with_correlation_id(id.into());
+        }
+        (properties, body.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_flow_filter_reads_the_property_then_the_envelope() {
+        let filter = ReplayFilter::CorrelationId("order-1".to_owned());
+        let cases = [
+            (Some("order-1"), r#"{"correlation_id":"order-2"}"#, true),
+            (Some("order-2"), r#"{"correlation_id":"order-1"}"#, false),
+            (
+                None,
+                r#"{"correlation_id":"order-1","event_id":"e-1"}"#,
+                true,
+            ),
+            (None, r#"{"correlation_id":"order-2"}"#, false),
+            (None, "not json", false),
+            (Some("order-1"), "not json", true),
+        ];
+        for (property, body, wanted) in cases {
+            let (properties, body) = message(property, body);
+            assert_eq!(filter.wants(&properties, &body).0, wanted, "{property:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_filter_picks_by_event_id_and_all_picks_everything() {
+        let (properties, body) = message(None, r#"{"event_id":"e-1"}"#);
+        let ids = ReplayFilter::EventIds(HashSet::from(["e-1".to_owned()]));
+        assert_eq!(
+            ids.wants(&properties, &body),
+            (true, Some("e-1".to_owned()))
+        );
+        let other = ReplayFilter::EventIds(HashSet::from(["e-2".to_owned()]));
+        assert!(!other.wants(&properties, &body).0);
+        let (properties, body) = message(None, "garbage");
+        assert!(!ids.wants(&properties, &body).0);
+        assert_eq!(ReplayFilter::All.wants(&properties, &body), (true, None));
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]

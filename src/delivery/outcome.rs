@@ -13,6 +13,9 @@ pub enum AppAnswer {
         code: u16,
         /// The delay the app asked for.
         retry_after: Option<Duration>,
+        /// What a failing answer said: the `detail` of a problem+json body, or the start of
+        /// a plain-text one (see [`error_detail`]).
+        detail: Option<String>,
     },
     /// No answer within the subscription's `timeout_ms`.
     Timeout,
@@ -35,12 +38,44 @@ impl AppAnswer {
     /// A short description for logs and dead-letter headers.
     pub fn describe(&self) -> String {
         match self {
+            AppAnswer::Status {
+                code,
+                detail: Some(detail),
+                ..
+            } => format!("the app answered {code}: {detail}"),
             AppAnswer::Status { code, .. } => format!("the app answered {code}"),
             AppAnswer::Timeout => "the app did not answer in time".into(),
             AppAnswer::Unreachable(error) => format!("the app is unreachable: {error}"),
             AppAnswer::NotListening(error) => format!("the app is not listening: {error}"),
         }
     }
+}
+
+/// Longest detail kept from a failing answer's body.
+const MAX_DETAIL: usize = 200;
+
+/// What a failing answer's body says, for logs, dead letters and flows: the `detail` (else
+/// `title`) of a JSON body, or the first line of a `text/*` one; at most 200 characters, with
+/// control characters replaced. Nothing for other bodies.
+pub fn error_detail(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    let kind = content_type?.split(';').next()?.trim().to_ascii_lowercase();
+    let text = if kind.ends_with("json") {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        ["detail", "title"]
+            .iter()
+            .find_map(|field| value.get(field)?.as_str().map(str::to_owned))?
+    } else if kind.starts_with("text/") {
+        String::from_utf8_lossy(body).lines().next()?.to_owned()
+    } else {
+        return None;
+    };
+    let mut clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_DETAIL)
+        .collect();
+    clean = clean.trim().to_owned();
+    (!clean.is_empty()).then_some(clean)
 }
 
 /// Why an event went to the dead-letter queue.
@@ -152,7 +187,36 @@ mod tests {
         AppAnswer::Status {
             code,
             retry_after: None,
+            detail: None,
         }
+    }
+
+    #[test]
+    fn a_failing_answer_is_described_with_what_its_body_says() {
+        let problem = br#"{"type":"about:blank","title":"Unprocessable","detail":"unknown SKU\nflux"}"#;
+        assert_eq!(
+            error_detail(Some("application/problem+json"), problem).as_deref(),
+            Some("unknown SKU flux")
+        );
+        assert_eq!(
+            error_detail(Some("application/json; charset=utf-8"), br#"{"title":"No"}"#).as_deref(),
+            Some("No")
+        );
+        assert_eq!(
+            error_detail(Some("text/plain"), b"out of stock\nsecond line").as_deref(),
+            Some("out of stock")
+        );
+        let long = "x".repeat(500);
+        assert_eq!(error_detail(Some("text/plain"), long.as_bytes()).unwrap().len(), 200);
+        assert_eq!(error_detail(Some("image/png"), b"\x89PNG"), None);
+        assert_eq!(error_detail(None, b"hello"), None);
+        assert_eq!(error_detail(Some("application/json"), b"[1]"), None);
+        let answer = AppAnswer::Status {
+            code: 422,
+            retry_after: None,
+            detail: Some("unknown SKU".into()),
+        };
+        assert_eq!(answer.describe(), "the app answered 422: unknown SKU");
     }
 
     #[test]
@@ -210,6 +274,7 @@ mod tests {
         let asked = |secs| AppAnswer::Status {
             code: 503,
             retry_after: Some(Duration::from_secs(secs)),
+            detail: None,
         };
         let Disposition::Retry { delay } = disposition(&asked(60), 1, &spec()) else {
             panic!("expected a retry");

@@ -127,6 +127,7 @@ fn ok() -> AppAnswer {
     AppAnswer::Status {
         code: 200,
         retry_after: None,
+        detail: None,
     }
 }
 
@@ -180,6 +181,7 @@ async fn a_base_path_prefixes_every_route_and_retry_after_is_read() {
         AppAnswer::Status {
             code: 503,
             retry_after: Some(Duration::from_secs(7)),
+            detail: None,
         }
     );
     let head = requests.lock().unwrap()[0].clone();

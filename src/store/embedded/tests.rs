@@ -230,3 +230,97 @@ async fn after_an_io_error_the_store_fails_fast_then_opens_the_file_again() {
     store.complete("s/held", lease).await.unwrap();
     assert_eq!(store.claim("s/held", lease).await.unwrap(), Claim::Done);
 }
+
+mod flows {
+    use super::*;
+    use crate::flow::{EventFacts, FlowStore, Kind, MAX_RECENT, Receipt, Route};
+
+    fn receipt(correlation_id: &str, event_id: &str, at_ms: u64) -> Receipt {
+        Receipt {
+            kind: Kind::Published,
+            at_ms,
+            correlation_id: correlation_id.into(),
+            event: EventFacts {
+                event_id: event_id.into(),
+                event_type: "OrderPlaced".into(),
+                schema_version: "1.0".into(),
+                source: "order".into(),
+                occurred_at: String::new(),
+                causation_id: None,
+            },
+            hop: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn receipts_are_kept_per_flow_in_order_and_found_by_event() {
+        let dir = TempDir::new();
+        let store = EmbeddedStore::open(&dir.0).unwrap();
+        let day = Duration::from_secs(86_400);
+        store
+            .append(&[receipt("a", "e1", 10), receipt("b", "e2", 11)], day)
+            .await
+            .unwrap();
+        // A flow whose id extends another's is a flow of its own.
+        store
+            .append(&[receipt("a", "e3", 12), receipt("ab", "e4", 13)], day)
+            .await
+            .unwrap();
+        let (receipts, truncated) = store.receipts("a").await.unwrap();
+        let ids: Vec<&str> = receipts.iter().map(|r| r.event.event_id.as_str()).collect();
+        assert_eq!((ids, truncated), (vec!["e1", "e3"], false));
+        assert_eq!(store.flow_of_event("e2").await.unwrap().as_deref(), Some("b"));
+        assert_eq!(store.flow_of_event("nope").await.unwrap(), None);
+        assert_eq!(store.recent(2).await.unwrap().len(), 2);
+        assert!(store.receipts("missing").await.unwrap().0.is_empty());
+        // Survives a reopen.
+        drop(store);
+        let store = reopen(&dir.0).await;
+        assert_eq!(store.receipts("ab").await.unwrap().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_receipts_are_not_answered_and_recent_flows_are_bounded() {
+        let dir = TempDir::new();
+        let store = EmbeddedStore::open(&dir.0).unwrap();
+        store
+            .append(&[receipt("gone", "e1", 10)], Duration::from_millis(1))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(store.receipts("gone").await.unwrap().0.is_empty());
+        let many: Vec<Receipt> = (0..MAX_RECENT + 5)
+            .map(|n| receipt(&format!("flow-{n}"), &format!("e{n}"), 20))
+            .collect();
+        store.append(&many, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(store.recent(MAX_RECENT + 10).await.unwrap().len(), MAX_RECENT);
+    }
+
+    #[tokio::test]
+    async fn routes_are_replaced_by_key_and_forgotten_with_an_end_of_zero() {
+        let dir = TempDir::new();
+        let store = EmbeddedStore::open(&dir.0).unwrap();
+        let route = Route {
+            exchange: "events".into(),
+            service: "inventory".into(),
+            subscription: "reserve".into(),
+            event_type: "OrderPlaced".into(),
+            versions: None,
+            since_ms: 5,
+            until_ms: None,
+        };
+        store.put_routes(std::slice::from_ref(&route)).await.unwrap();
+        let ended = Route {
+            until_ms: Some(9),
+            ..route.clone()
+        };
+        store.put_routes(std::slice::from_ref(&ended)).await.unwrap();
+        assert_eq!(store.routes().await.unwrap(), vec![ended.clone()]);
+        let forget = Route {
+            until_ms: Some(0),
+            ..ended
+        };
+        store.put_routes(&[forget]).await.unwrap();
+        assert!(store.routes().await.unwrap().is_empty());
+    }
+}
