@@ -5,8 +5,21 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
 use common::{Broker, Settings, Sidecar, app::TestApp, browser::Browser, unique};
 use serde_json::Value;
 
@@ -33,6 +46,50 @@ fn client_without_redirects() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// The demo's inventory app, as far as the page's test needs it: while `refusing`, an order is
+/// for an unknown SKU, refused with a `422` whose problem detail the sidecar keeps as the last
+/// error; after, it reserves the stock and publishes `StockReserved` through its sidecar,
+/// caused by the order.
+#[derive(Clone, Default)]
+struct Inventory {
+    refusing: Arc<AtomicBool>,
+    /// The API of its sidecar, known once the sidecar runs.
+    sidecar: Arc<OnceLock<String>>,
+}
+
+impl Inventory {
+    /// Serves `POST /reserve-stock` on a free loopback port; its URL.
+    async fn start(&self) -> String {
+        let router = Router::new()
+            .route("/reserve-stock", post(reserve_stock))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        url
+    }
+}
+
+async fn reserve_stock(State(inventory): State<Inventory>, headers: HeaderMap) -> Response {
+    if inventory.refusing.load(Ordering::SeqCst) {
+        let problem = r#"{"status":422,"detail":"unknown SKU 'no-such-sku'"}"#;
+        let content_type = [(header::CONTENT_TYPE, "application/problem+json")];
+        return (StatusCode::UNPROCESSABLE_ENTITY, content_type, problem).into_response();
+    }
+    let api = inventory.sidecar.get().unwrap();
+    let published = common::http_client()
+        .post(format!("{api}/v1/publish/StockReserved"))
+        .header("content-type", "application/json")
+        .header("X-Causation-ID", headers["x-event-id"].clone())
+        .body(r#"{"order_id":"1003"}"#)
+        .send()
+        .await;
+    match published {
+        Ok(answer) if answer.status().is_success() => StatusCode::OK.into_response(),
+        _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 /// Publishes `event_type` in the flow `correlation_id` through `sidecar`; the event id.
@@ -189,7 +246,9 @@ async fn the_page_is_self_contained_and_served_under_a_strict_policy() {
 #[tokio::test]
 async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
     let app = TestApp::start().await;
-    app.always("/reserve-stock", 422);
+    let inventory_app = Inventory::default();
+    inventory_app.refusing.store(true, Ordering::SeqCst);
+    let inventory_url = inventory_app.start().await;
     let order = Settings::new()
         .set("CAUSEWAY_SERVICE", &unique("order"))
         .set("CAUSEWAY_DEDUP_URL", REDIS)
@@ -205,12 +264,13 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         .set("CAUSEWAY_EXCHANGE", order.exchange())
         .set("CAUSEWAY_UNROUTED_QUEUE", order.unrouted())
         .set("CAUSEWAY_DEDUP_URL", REDIS)
-        .app(&app.url)
+        .app(&inventory_url)
         .config_file(&format!(
             "{}\n{ORDER_FLOW}",
             subscription("reserve-stock", "OrderPlaced", "/reserve-stock")
         ))
         .start();
+    inventory_app.sidecar.set(inventory.api.clone()).unwrap();
     order.wait_ready().await;
     inventory.wait_ready().await;
     let broker = Broker::connect().await;
@@ -276,7 +336,12 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
             .as_deref(),
         Some("rejected")
     );
-    assert!(browser.text(&reason).await.unwrap().contains("rejected"));
+    let reason = browser.text(&reason).await.unwrap();
+    assert!(reason.contains("rejected"), "{reason}");
+    assert!(
+        reason.contains("unknown SKU 'no-such-sku'"),
+        "the app's detail: {reason}"
+    );
     assert!(
         browser.find("[data-scope-note]").await.is_none(),
         "a shared flow shows every service"
@@ -299,9 +364,8 @@ async fn a_stuck_flow_is_shown_then_replayed_from_the_page_until_it_settles() {
         std::fs::write(&path, &picture).unwrap();
     }
 
-    // Fixed: inventory takes the order now, and reserves the stock.
-    app.always("/reserve-stock", 200);
-    app.react("/reserve-stock", &inventory.api, "StockReserved");
+    // Fixed: the SKU is in the catalogue now, and inventory reserves the stock.
+    inventory_app.refusing.store(false, Ordering::SeqCst);
     browser
         .click("[data-action=replay-flow]:not([disabled])", SEEN)
         .await;
