@@ -86,19 +86,33 @@ function stateLabel(state) {
 }
 
 /** A state as a sign and its words, coloured by a class; readable without the colour. */
-function stateBadge(state, attributes) {
+function stateBadge(state) {
   const known = Object.hasOwn(STATE_SIGNS, state);
   return h(
     "span",
-    { ...attributes, class: `badge state-${known ? state : "unknown"}` },
+    { class: `badge state-${known ? state : "unknown"}` },
     h("span", { "aria-hidden": "true" }, known ? STATE_SIGNS[state] : "?"),
     " ",
     stateLabel(state),
   );
 }
 
-function flowLink(correlationId, text) {
-  return h("a", { href: `#/flow/${encodeURIComponent(correlationId)}` }, text || correlationId);
+function flowLink(correlationId) {
+  return h("a", { href: `#/flow/${encodeURIComponent(correlationId)}` }, correlationId);
+}
+
+/** A table with a header row of `titles`, then `rows`. */
+function table(attributes, titles, rows) {
+  return h(
+    "table",
+    attributes,
+    h("thead", {}, h("tr", {}, titles.map((title) => h("th", { scope: "col" }, title)))),
+    h("tbody", {}, rows),
+  );
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -115,15 +129,11 @@ class ApiError extends Error {
 class TokenNeeded extends Error {}
 
 /** Calls the API with the token of this tab, if any; the JSON answer, or throws. */
-async function api(method, path, body) {
+async function api(method, path) {
   const headers = { Accept: "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers.Authorization = `Bearer ${token}`;
+  if (token !== null) headers.Authorization = `Bearer ${token}`;
   const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
-  if (body !== undefined) {
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
   let response;
   try {
     response = await fetch(new URL(path, API_ROOT), init);
@@ -131,7 +141,7 @@ async function api(method, path, body) {
     throw new ApiError(0, `the sidecar did not answer (${error.message})`);
   }
   if (response.status === 401) {
-    askForToken(token !== null);
+    askForToken(token);
     throw new TokenNeeded("the API needs its token");
   }
   const text = await response.text();
@@ -154,10 +164,32 @@ function problemText(error) {
   return error instanceof ApiError ? error.message : `unexpected: ${error.message}`;
 }
 
+/**
+ * `GET path` for the view `current`: the answer, or null when the view has changed or the call
+ * failed (then `failed` gets the reason, unless the token form took over).
+ */
+async function load(path, current, failed) {
+  try {
+    const answer = await api("GET", path);
+    return isCurrent(current) ? answer : null;
+  } catch (error) {
+    if (isCurrent(current) && !(error instanceof TokenNeeded)) failed(problemText(error));
+    return null;
+  }
+}
+
+function errorText(text) {
+  return h("p", { class: "error" }, text);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The token
 
-function askForToken(refused) {
+/** Shows the token form after a 401 to a call that sent `sent` (a token, or null). */
+function askForToken(sent) {
+  // A token typed in since the call was sent is being tried already.
+  if (sessionStorage.getItem(TOKEN_KEY) !== sent) return;
+  const refused = sent !== null;
   stopRefresh();
   if (refused) sessionStorage.removeItem(TOKEN_KEY);
   const section = document.getElementById("token");
@@ -290,66 +322,35 @@ function openHome(current) {
 }
 
 async function loadRecentFlows(into, current) {
-  let listed;
-  try {
-    listed = await api("GET", "v1/flows");
-  } catch (error) {
-    if (isCurrent(current) && !(error instanceof TokenNeeded)) {
-      into.replaceChildren(h("p", { class: "error" }, `Cannot list flows: ${problemText(error)}`));
-    }
-    return;
-  }
-  if (!isCurrent(current)) return;
-  const flows = Array.isArray(listed && listed.flows) ? listed.flows : [];
+  const listed = await load("v1/flows", current, (why) => into.replaceChildren(errorText(`Cannot list flows: ${why}`)));
+  if (listed === null) return;
+  const flows = Array.isArray(listed.flows) ? listed.flows : [];
   if (flows.length === 0) {
     into.replaceChildren(h("p", {}, "No flows yet."));
     return;
   }
+  const rows = flows.map((flow) =>
+    h(
+      "tr",
+      { "data-listed-flow": flow.correlation_id, "data-state": flow.state },
+      h("td", {}, flowLink(flow.correlation_id)),
+      h("td", {}, stateBadge(flow.state)),
+      h("td", { class: "number" }, String(flow.events ?? "")),
+      h("td", {}, timeElement(flow.updated_at)),
+    ),
+  );
   into.replaceChildren(
     ...(listed.scope === "local" ? [localScopeNote()] : []),
-    h(
-      "table",
-      { class: "flows" },
-      h("caption", { class: "visually-hidden" }, "Recent flows, newest first"),
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          ["Correlation id", "State", "Events", "Updated"].map((title) => h("th", { scope: "col" }, title)),
-        ),
-      ),
-      h(
-        "tbody",
-        {},
-        flows.map((flow) =>
-          h(
-            "tr",
-            { "data-listed-flow": flow.correlation_id, "data-state": flow.state },
-            h("td", {}, flowLink(flow.correlation_id)),
-            h("td", {}, stateBadge(flow.state)),
-            h("td", { class: "number" }, String(flow.events ?? "")),
-            h("td", {}, timeElement(flow.updated_at)),
-          ),
-        ),
-      ),
-    ),
+    table({ class: "flows", "aria-label": "Recent flows, newest first" }, ["Correlation id", "State", "Events", "Updated"], rows),
   );
 }
 
 async function loadDeadLetters(into, current) {
-  let listed;
-  try {
-    listed = await api("GET", "v1/subscriptions");
-  } catch (error) {
-    if (isCurrent(current) && !(error instanceof TokenNeeded)) {
-      into.replaceChildren(h("p", { class: "error" }, `Cannot list subscriptions: ${problemText(error)}`));
-    }
-    return;
-  }
-  if (!isCurrent(current)) return;
-  const subscriptions = Array.isArray(listed && listed.subscriptions) ? listed.subscriptions : [];
+  const listed = await load("v1/subscriptions", current, (why) =>
+    into.replaceChildren(errorText(`Cannot list subscriptions: ${why}`)),
+  );
+  if (listed === null) return;
+  const subscriptions = Array.isArray(listed.subscriptions) ? listed.subscriptions : [];
   if (subscriptions.length === 0) {
     into.replaceChildren(h("p", {}, "This sidecar has no subscriptions."));
     return;
@@ -369,22 +370,11 @@ async function loadDeadLetters(into, current) {
 
 async function loadSubscriptionDeadLetters(section, subscription, current, note) {
   const name = subscription.name;
-  let listed;
-  try {
-    listed = await api(
-      "GET",
-      `v1/subscriptions/${encodeURIComponent(name)}/dead-letters?limit=${DEAD_LETTERS_SHOWN}`,
-    );
-  } catch (error) {
-    if (isCurrent(current) && !(error instanceof TokenNeeded)) {
-      section.replaceChildren(
-        h("h3", {}, name),
-        h("p", { class: "error" }, `Cannot list the dead letters: ${problemText(error)}`),
-      );
-    }
-    return;
-  }
-  if (!isCurrent(current)) return;
+  const path = `v1/subscriptions/${encodeURIComponent(name)}/dead-letters?limit=${DEAD_LETTERS_SHOWN}`;
+  const listed = await load(path, current, (why) =>
+    section.replaceChildren(h("h3", {}, name), errorText(`Cannot list the dead letters: ${why}`)),
+  );
+  if (listed === null) return;
   const deadLetters = Array.isArray(listed.dead_letters) ? listed.dead_letters : [];
   const total = Number(listed.total) || 0;
   const result = h("p", { role: "status", "data-action-result": "" }, note || "");
@@ -397,7 +387,7 @@ async function loadSubscriptionDeadLetters(section, subscription, current, note)
       h(
         "span",
         { class: "count", "data-dead-letter-total": String(total) },
-        total === 1 ? "1 dead letter" : `${total} dead letters`,
+        plural(total, "dead letter"),
       ),
       h("button", { type: "button", "data-action": "replay", disabled: total === 0, onclick: act("replay") }, "Replay"),
       h("button", { type: "button", "data-action": "purge", class: "danger", disabled: total === 0, onclick: act("purge") }, "Purge"),
@@ -415,46 +405,23 @@ async function loadSubscriptionDeadLetters(section, subscription, current, note)
 }
 
 function deadLetterTable(deadLetters) {
-  return h(
-    "table",
-    { class: "dead-letters" },
-    h(
-      "thead",
-      {},
-      h(
-        "tr",
-        {},
-        ["Event", "Type", "Correlation id", "Reason", "Last error", "Attempts", "Dead-lettered at"].map((title) =>
-          h("th", { scope: "col" }, title),
-        ),
-      ),
-    ),
-    h(
-      "tbody",
-      {},
-      deadLetters.map((letter) =>
-        h(
-          "tr",
-          { "data-dead-letter": letter.event_id ?? "" },
-          h("td", {}, letter.event_id ? h("code", { title: letter.event_id }, letter.event_id) : "(no id)"),
-          h("td", {}, letter.event_type ?? ""),
-          h("td", {}, letter.correlation_id ? flowLink(letter.correlation_id) : ""),
-          h("td", { "data-dead-letter-reason": letter.reason ?? "" }, letter.reason ?? ""),
-          h(
-            "td",
-            {},
-            letter.last_error ?? "",
-            letter.last_status && !String(letter.last_error ?? "").includes(String(letter.last_status))
-              ? ` (status ${letter.last_status})`
-              : "",
-            letter.body !== undefined ? h("div", { class: "quiet" }, `body: ${letter.body}`) : null,
-          ),
-          h("td", { class: "number" }, String(letter.attempts ?? "")),
-          h("td", {}, letter.dead_lettered_at ? timeElement(letter.dead_lettered_at) : ""),
-        ),
-      ),
-    ),
-  );
+  const rows = deadLetters.map((letter) => {
+    const error = String(letter.last_error ?? "");
+    const status = letter.last_status && !error.includes(String(letter.last_status)) ? ` (status ${letter.last_status})` : "";
+    return h(
+      "tr",
+      { "data-dead-letter": letter.event_id ?? "" },
+      h("td", {}, letter.event_id ? h("code", {}, letter.event_id) : "(no id)"),
+      h("td", {}, letter.event_type ?? ""),
+      h("td", {}, letter.correlation_id ? flowLink(letter.correlation_id) : ""),
+      h("td", { "data-dead-letter-reason": letter.reason ?? "" }, letter.reason ?? ""),
+      h("td", {}, error, status, letter.body !== undefined ? h("div", { class: "quiet" }, `body: ${letter.body}`) : null),
+      h("td", { class: "number" }, String(letter.attempts ?? "")),
+      h("td", {}, letter.dead_lettered_at ? timeElement(letter.dead_lettered_at) : ""),
+    );
+  });
+  const titles = ["Event", "Type", "Correlation id", "Reason", "Last error", "Attempts", "Dead-lettered at"];
+  return table({ class: "dead-letters" }, titles, rows);
 }
 
 async function deadLetterAction(action, section, subscription, current) {
@@ -481,21 +448,19 @@ async function deadLetterAction(action, section, subscription, current) {
   if (!isCurrent(current)) return;
   const note =
     action === "replay"
-      ? `Replayed ${answer.replayed} dead letter${answer.replayed === 1 ? "" : "s"}.`
-      : `Purged ${answer.purged} dead letter${answer.purged === 1 ? "" : "s"}.`;
+      ? `Replayed ${plural(answer.replayed, "dead letter")}.`
+      : `Purged ${plural(answer.purged, "dead letter")}.`;
   loadSubscriptionDeadLetters(section, subscription, current, note);
 }
 
 // ---------------------------------------------------------------------------------------------
 // A flow
 
-/** State of the flow view that outlives one drawing. */
-let flowView = null;
-
 function openFlow(correlationId, current) {
-  flowView = { correlationId, current, lastAnswer: null, replayNote: "" };
+  // What outlives one drawing of the flow.
+  const state = { correlationId, current, lastAnswer: null, replayNote: "" };
   show("flow", h("p", {}, `Loading the flow ${correlationId}…`));
-  refreshFlow(flowView);
+  refreshFlow(state);
 }
 
 async function refreshFlow(state) {
@@ -552,54 +517,27 @@ function localScopeNote() {
 
 function drawFlow(flow, state) {
   const events = Array.isArray(flow.events) ? flow.events : [];
-  const ours = (hop) => !flow.service || hop.service === flow.service;
-  const deadHops = events.flatMap((event) => (event.hops || []).filter((hop) => hop.state === "dead_lettered"));
-  const replayable = deadHops.filter(ours).length;
-  const elsewhere = [...new Set(deadHops.filter((hop) => !ours(hop)).map((hop) => hop.service))];
-
-  const definition = flow.definition
-    ? h(
-        "p",
-        { "data-definition-outcome": flow.definition.outcome ?? "" },
-        "Definition ",
-        h("strong", {}, flow.definition.name ?? ""),
-        flow.definition.outcome
-          ? [": outcome ", h("span", { class: `badge outcome-${flow.definition.outcome}` }, stateLabel(flow.definition.outcome))]
-          : ": no outcome yet",
-        flow.definition.reason ? ` (${flow.definition.reason})` : "",
-        flow.definition.deadline ? [", deadline ", timeElement(flow.definition.deadline)] : "",
-        ".",
-      )
-    : null;
-
-  const replayNote = h("span", { role: "status", "data-replay-result": "" }, state.replayNote);
-  const replayButton = h(
-    "button",
-    {
-      type: "button",
-      "data-action": "replay-flow",
-      disabled: replayable === 0,
-      onclick: () => replayFlow(flow.correlation_id, state),
-    },
-    "Replay this flow",
-  );
-
   show(
     "flow",
     backLink(),
     h(
       "section",
       {
-        class: `flow state-${flow.state}`,
+        class: "flow",
         "data-flow-state": flow.state,
         "data-correlation-id": flow.correlation_id,
         "data-scope": flow.scope,
         "aria-labelledby": "flow-title",
       },
       h("h2", { id: "flow-title" }, "Flow ", h("code", {}, flow.correlation_id)),
-      h("p", { class: "flow-state" }, stateBadge(flow.state), flow.reason ? h("span", { "data-flow-reason": "" }, ` ${flow.reason}`) : null),
+      h(
+        "p",
+        { class: "flow-state" },
+        stateBadge(flow.state),
+        flow.reason ? h("span", { "data-flow-reason": "" }, ` ${flow.reason}`) : null,
+      ),
       flow.scope === "local" ? localScopeNote() : null,
-      definition,
+      flow.definition ? definitionLine(flow.definition) : null,
       h(
         "p",
         { class: "quiet" },
@@ -610,21 +548,55 @@ function drawFlow(flow, state) {
         flow.service ? `; as seen by the sidecar of ${flow.service}` : "",
         flow.scope === "shared" ? " (receipts shared by every sidecar on this Redis)." : ".",
       ),
-      flow.truncated ? h("p", { class: "note" }, "The flow has more receipts than are kept for one flow: some are missing.") : null,
-      h(
-        "div",
-        { class: "actions" },
-        replayButton,
-        " ",
-        replayNote,
-        elsewhere.length > 0
-          ? h("p", { class: "quiet" }, `Dead letters at ${elsewhere.join(", ")} are replayed from their own sidecars.`)
-          : null,
-      ),
+      flow.truncated
+        ? h("p", { class: "note" }, "The flow has more receipts than are kept for one flow: some are missing.")
+        : null,
+      replayActions(flow, events, state),
       h("p", { class: "quiet", "data-refresh": "" }),
-      h("h3", {}, events.length === 1 ? "1 event" : `${events.length} events`),
+      h("h3", {}, plural(events.length, "event")),
       eventTree(events),
     ),
+  );
+}
+
+/** Where the flow's definition says the business stands. */
+function definitionLine(definition) {
+  const outcome = definition.outcome;
+  return h(
+    "p",
+    { "data-definition-outcome": outcome ?? "" },
+    "Definition ",
+    h("strong", {}, definition.name ?? ""),
+    outcome ? [": outcome ", h("span", { class: `badge outcome-${outcome}` }, stateLabel(outcome))] : ": no outcome yet",
+    definition.reason ? ` (${definition.reason})` : "",
+    definition.deadline ? [", deadline ", timeElement(definition.deadline)] : "",
+    ".",
+  );
+}
+
+/** **Replay this flow**, enabled when this sidecar holds a dead letter of it. */
+function replayActions(flow, events, state) {
+  const ours = (hop) => !flow.service || hop.service === flow.service;
+  const dead = events.flatMap((event) => (event.hops || []).filter((hop) => hop.state === "dead_lettered"));
+  const elsewhere = [...new Set(dead.filter((hop) => !ours(hop)).map((hop) => hop.service))];
+  return h(
+    "div",
+    { class: "actions" },
+    h(
+      "button",
+      {
+        type: "button",
+        "data-action": "replay-flow",
+        disabled: !dead.some(ours),
+        onclick: () => replayFlow(flow.correlation_id, state),
+      },
+      "Replay this flow",
+    ),
+    " ",
+    h("span", { role: "status", "data-replay-result": "" }, state.replayNote),
+    elsewhere.length > 0
+      ? h("p", { class: "quiet" }, `Dead letters at ${elsewhere.join(", ")} are replayed from their own sidecars.`)
+      : null,
   );
 }
 
@@ -642,7 +614,7 @@ async function replayFlow(correlationId, state) {
   }
   if (!isCurrent(state.current)) return;
   const per = Object.entries(answer.subscriptions || {}).map(([name, count]) => `${name}: ${count}`);
-  state.replayNote = `Replayed ${answer.replayed} dead letter${answer.replayed === 1 ? "" : "s"}${per.length ? ` (${per.join(", ")})` : ""}.`;
+  state.replayNote = `Replayed ${plural(answer.replayed, "dead letter")}${per.length ? ` (${per.join(", ")})` : ""}.`;
   state.lastAnswer = null;
   // Follow the flow again, also when it had settled before.
   refreshFlow(state);
