@@ -268,5 +268,31 @@ async fn the_demo_shows_the_chains_a_skipped_duplicate_and_a_dead_letter() {
     assert_eq!(dead_letters[0][2], "rejected", "{context}");
     assert_eq!(dead_letters[0][3], "422", "{context}");
 
+    // Where is the bad order? The order app answers from its flow, and `causeway flow` shows
+    // the hop it is stuck at, with the inventory app's own words.
+    let flow = section(stdout, "Where is order");
+    assert!(
+        flow.iter()
+            .any(|l| l.contains(r#""status": "failed""#) && l.contains(&bad.order_id)),
+        "{context}"
+    );
+    let header = flow
+        .iter()
+        .find(|l| l.starts_with(&bad.order_id))
+        .unwrap_or_else(|| panic!("no flow header\n{context}"));
+    assert!(header.contains("stuck"), "{header}");
+    assert!(header.contains("definition order: failed"), "{header}");
+    assert!(
+        flow.iter().any(|l| l.contains("/reserve-stock")
+            && l.contains("dead_lettered")
+            && l.contains("422: unknown SKU")),
+        "{context}"
+    );
+    assert!(
+        flow.iter()
+            .any(|l| l.contains(&format!("/ui/#/flow/{}", bad.order_id))),
+        "{context}"
+    );
+
     assert_cleaned_up(stdout).await;
 }

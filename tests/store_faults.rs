@@ -523,11 +523,17 @@ async fn flow_receipts_wait_out_a_redis_outage_and_publishes_never_wait_for_them
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let answer = sidecar.call("GET", &path, None).await;
-                let events = answer.body["events"].as_array().cloned().unwrap_or_default();
+                let events = answer.body["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 if events.iter().any(|e| e["event_id"] == event_id.as_str()) {
                     return;
                 }
-                assert!(Instant::now() < deadline, "{event_id} never showed: {answer:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "{event_id} never showed: {answer:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -542,11 +548,17 @@ async fn flow_receipts_wait_out_a_redis_outage_and_publishes_never_wait_for_them
     let during = sidecar
         .publish(EVENT_TYPE, "{}", &[("X-Correlation-ID", &correlation_id)])
         .await;
-    assert_eq!(during.status, 202, "a publish does not wait for its receipt: {during:?}");
+    assert_eq!(
+        during.status, 202,
+        "a publish does not wait for its receipt: {during:?}"
+    );
     let failed = r#"causeway_flow_receipts_total{outcome="failed"}"#;
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&sidecar, failed).await.unwrap_or_default() < 2.0 {
-        assert!(Instant::now() < deadline, "the failed writes were not counted");
+        assert!(
+            Instant::now() < deadline,
+            "the failed writes were not counted"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let lines = |message: &str| {
@@ -556,7 +568,11 @@ async fn flow_receipts_wait_out_a_redis_outage_and_publishes_never_wait_for_them
             .filter(|line| line.contains(message))
             .count()
     };
-    assert_eq!(lines("flow receipts cannot be written"), 1, "one line per state change");
+    assert_eq!(
+        lines("flow receipts cannot be written"),
+        1,
+        "one line per state change"
+    );
 
     // The receipt waited in the sidecar: it reaches the new (empty) Redis.
     let _redis = RedisServer::start(port);

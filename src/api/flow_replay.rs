@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{Json, extract::State};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use super::{ApiState, extract::ApiPath, problem::Problem};
-use crate::{delivery::ReplayFilter, flow::is_valid_correlation_id};
+use crate::delivery::ReplayFilter;
 
 /// What a flow replay did.
 #[derive(Debug, Default, Serialize)]
@@ -25,14 +25,7 @@ pub(super) async fn replay(
     State(state): State<ApiState>,
     ApiPath(correlation_id): ApiPath<String>,
 ) -> Result<Json<FlowReplayed>, Problem> {
-    if !is_valid_correlation_id(&correlation_id) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-correlation-id",
-            "Invalid correlation id",
-            "a correlation id is 1 to 128 printable ASCII characters",
-        ));
-    }
+    super::flows::check_correlation_id(&correlation_id)?;
     let mut subscriptions = state.registry.list().await;
     subscriptions.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let filter = ReplayFilter::CorrelationId(correlation_id);

@@ -29,14 +29,7 @@ pub(super) async fn get(
     State(state): State<ApiState>,
     ApiPath(correlation_id): ApiPath<String>,
 ) -> Result<Json<FlowView>, Problem> {
-    if !is_valid_correlation_id(&correlation_id) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-correlation-id",
-            "Invalid correlation id",
-            "a correlation id is 1 to 128 printable ASCII characters",
-        ));
-    }
+    check_correlation_id(&correlation_id)?;
     let view = state
         .flows
         .get(&correlation_id)
@@ -88,6 +81,19 @@ pub(super) async fn list(
     }
     let flows = state.flows.recent(limit).await.map_err(store_problem)?;
     Ok(Json(json!({ "scope": state.flows.scope(), "flows": flows })).into_response())
+}
+
+/// A `400` unless `id` can be a correlation id.
+pub(super) fn check_correlation_id(id: &str) -> Result<(), Problem> {
+    if is_valid_correlation_id(id) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-correlation-id",
+        "Invalid correlation id",
+        "a correlation id is 1 to 128 printable ASCII characters",
+    ))
 }
 
 fn not_found(detail: String) -> Problem {

@@ -193,13 +193,18 @@ mod tests {
 
     #[test]
     fn a_failing_answer_is_described_with_what_its_body_says() {
-        let problem = br#"{"type":"about:blank","title":"Unprocessable","detail":"unknown SKU\nflux"}"#;
+        let problem =
+            br#"{"type":"about:blank","title":"Unprocessable","detail":"unknown SKU\nflux"}"#;
         assert_eq!(
             error_detail(Some("application/problem+json"), problem).as_deref(),
             Some("unknown SKU flux")
         );
         assert_eq!(
-            error_detail(Some("application/json; charset=utf-8"), br#"{"title":"No"}"#).as_deref(),
+            error_detail(
+                Some("application/json; charset=utf-8"),
+                br#"{"title":"No"}"#
+            )
+            .as_deref(),
             Some("No")
         );
         assert_eq!(
@@ -207,7 +212,12 @@ mod tests {
             Some("out of stock")
         );
         let long = "x".repeat(500);
-        assert_eq!(error_detail(Some("text/plain"), long.as_bytes()).unwrap().len(), 200);
+        assert_eq!(
+            error_detail(Some("text/plain"), long.as_bytes())
+                .unwrap()
+                .len(),
+            200
+        );
         assert_eq!(error_detail(Some("image/png"), b"\x89PNG"), None);
         assert_eq!(error_detail(None, b"hello"), None);
         assert_eq!(error_detail(Some("application/json"), b"[1]"), None);

@@ -269,7 +269,10 @@ mod flows {
         let (receipts, truncated) = store.receipts("a").await.unwrap();
         let ids: Vec<&str> = receipts.iter().map(|r| r.event.event_id.as_str()).collect();
         assert_eq!((ids, truncated), (vec!["e1", "e3"], false));
-        assert_eq!(store.flow_of_event("e2").await.unwrap().as_deref(), Some("b"));
+        assert_eq!(
+            store.flow_of_event("e2").await.unwrap().as_deref(),
+            Some("b")
+        );
         assert_eq!(store.flow_of_event("nope").await.unwrap(), None);
         assert_eq!(store.recent(2).await.unwrap().len(), 2);
         assert!(store.receipts("missing").await.unwrap().0.is_empty());
@@ -293,7 +296,10 @@ mod flows {
             .map(|n| receipt(&format!("flow-{n}"), &format!("e{n}"), 20))
             .collect();
         store.append(&many, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(store.recent(MAX_RECENT + 10).await.unwrap().len(), MAX_RECENT);
+        assert_eq!(
+            store.recent(MAX_RECENT + 10).await.unwrap().len(),
+            MAX_RECENT
+        );
     }
 
     #[tokio::test]
@@ -309,12 +315,18 @@ mod flows {
             since_ms: 5,
             until_ms: None,
         };
-        store.put_routes(std::slice::from_ref(&route)).await.unwrap();
+        store
+            .put_routes(std::slice::from_ref(&route))
+            .await
+            .unwrap();
         let ended = Route {
             until_ms: Some(9),
             ..route.clone()
         };
-        store.put_routes(std::slice::from_ref(&ended)).await.unwrap();
+        store
+            .put_routes(std::slice::from_ref(&ended))
+            .await
+            .unwrap();
         assert_eq!(store.routes().await.unwrap(), vec![ended.clone()]);
         let forget = Route {
             until_ms: Some(0),
