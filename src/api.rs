@@ -107,7 +107,10 @@ pub fn router(state: ApiState) -> Router {
     };
     // The page is public: it holds no data, and its API calls carry the token.
     routes
-        .merge(ui::router())
+        .route("/ui", get(ui::redirect))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -5,10 +5,8 @@
 //! the browser: no inline script or style, no other origin, no framing.
 
 use axum::{
-    Router,
     http::{HeaderName, HeaderValue, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
 };
 
 const INDEX: &str = include_str!("ui/index.html");
@@ -20,25 +18,24 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// `/ui`, `/ui/` and the page's two assets, for any router state.
-pub(super) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        // Relative, so that the page also works behind a proxy that serves it under a prefix.
-        .route("/ui", get(|| async { Redirect::permanent("ui/") }))
-        .route("/ui/", get(index))
-        .route("/ui/app.js", get(script))
-        .route("/ui/app.css", get(style))
+/// `GET /ui`: to `/ui/`, by a relative address, so that the page also works behind a proxy
+/// that serves it under a prefix.
+pub(super) async fn redirect() -> Redirect {
+    Redirect::permanent("ui/")
 }
 
-async fn index() -> Response {
+/// `GET /ui/`: the page.
+pub(super) async fn index() -> Response {
     embedded("text/html; charset=utf-8", INDEX)
 }
 
-async fn script() -> Response {
+/// `GET /ui/app.js`: the page's script.
+pub(super) async fn script() -> Response {
     embedded("text/javascript; charset=utf-8", SCRIPT)
 }
 
-async fn style() -> Response {
+/// `GET /ui/app.css`: the page's style sheet.
+pub(super) async fn style() -> Response {
     embedded("text/css; charset=utf-8", STYLE)
 }
 
