@@ -246,7 +246,7 @@ async fn a_rejected_hop_makes_the_flow_stuck_and_a_replay_after_the_fix_settles_
         .call(
             "POST",
             "/v1/subscriptions/reserve/dead-letters/replay",
-            Some(json!({ "event_ids": [placed.body["event_id"]] })),
+            Some(json!({ "correlation_id": correlation_id })),
         )
         .await;
     assert_eq!(replayed.status, 200, "{replayed:?}");

@@ -429,10 +429,37 @@ impl Drop for Sidecar {
             });
             let _ = deleting.join();
         }
+        if let Some(url) = self.settings.env.get("CAUSEWAY_DEDUP_URL") {
+            forget_routes(url, self.exchange());
+        }
         if !self.settings.keep_data {
             let dir = PathBuf::from(self.settings.get("CAUSEWAY_DATA_DIR"));
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Removes the flow routes registered on `exchange` from the Redis at `url`: a test's
+/// exchange is gone with it, and routes (unlike receipts) do not expire by themselves.
+fn forget_routes(url: &str, exchange: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+        return;
+    };
+    let _ = connection.set_read_timeout(Some(Duration::from_secs(1)));
+    let keys: Vec<String> = redis::cmd("HKEYS")
+        .arg("causeway:flows:routes")
+        .query(&mut connection)
+        .unwrap_or_default();
+    let prefix = format!("{exchange}/");
+    let ours: Vec<&String> = keys.iter().filter(|k| k.starts_with(&prefix)).collect();
+    if !ours.is_empty() {
+        let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+            .arg("causeway:flows:routes")
+            .arg(ours)
+            .query(&mut connection);
     }
 }
 
