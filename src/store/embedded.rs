@@ -40,16 +40,13 @@ enum Expiring {
     Delivered,
     /// The correlation id of each event delivered or published here, by event id.
     Correlations,
-    /// Flow receipts, by `{correlation_id}\x01{at_ms:016x}{sequence:08x}`; data is JSON.
-    Receipts,
 }
 
 impl Expiring {
-    const ALL: [Expiring; 4] = [
+    const ALL: [Expiring; 3] = [
         Expiring::Idempotency,
         Expiring::Delivered,
         Expiring::Correlations,
-        Expiring::Receipts,
     ];
 
     fn name(self) -> &'static str {
@@ -57,7 +54,6 @@ impl Expiring {
             Expiring::Idempotency => "idempotency",
             Expiring::Delivered => "delivered",
             Expiring::Correlations => "correlations",
-            Expiring::Receipts => "flow_receipts",
         }
     }
 
@@ -558,7 +554,7 @@ fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, redb::Error> {
             removed += 1;
         }
     }
-    Ok(removed)
+    Ok(removed + flows::sweep(txn, now, SWEEP_LIMIT)?)
 }
 
 #[cfg(test)]

@@ -1,23 +1,30 @@
 //! Flow receipts and routes in the embedded store: this sidecar's own (`"scope": "local"`).
+//!
+//! Receipts expire by flow, as in Redis: a flow is kept for the retention after its latest
+//! receipt, then the sweeper removes its receipts in one range. One index entry per flow
+//! rather than per receipt keeps a delivery's receipt to one insert, next to its dedup record
+//! in the same commit.
 
 use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{EmbeddedStore, Expiring, put_job, split_value};
+use super::{EmbeddedStore, Expiring, put_job};
 use crate::{
-    flow::{FlowStore, MAX_RECEIPTS, MAX_RECENT, Receipt, Route, Scope},
+    flow::{FlowStore, Kind, MAX_RECEIPTS, Receipt, Route, Scope},
     store::{BoxFuture, StoreError, expiry_after, now_ms},
 };
 
-/// The latest receipt time of each flow, by correlation id.
-const RECENT_BY_FLOW: TableDefinition<'_, &str, u64> = TableDefinition::new("flow_recent_by_flow");
-/// The same, ordered by time: (ms, correlation id).
-const RECENT: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("flow_recent");
-/// Routes by `{service}/{subscription}/{since_ms}`; the value is JSON.
+/// Receipts by `{correlation_id}\x01{at_ms:016x}{sequence:08x}`; the value is JSON.
+const RECEIPTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("flow_receipts");
+/// When each flow expires (its latest receipt plus the retention), by correlation id.
+const EXPIRY_BY_FLOW: TableDefinition<'_, &str, u64> = TableDefinition::new("flow_expiry_by_flow");
+/// The same, ordered by time: (expires at ms, correlation id). The newest flows are last.
+const FLOWS: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("flow_expiry");
+/// Routes by `{exchange}/{service}/{subscription}/{since_ms}`; the value is JSON.
 const ROUTES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("flow_routes");
 
 /// Makes receipt keys written in the same millisecond distinct.
@@ -27,6 +34,13 @@ static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 /// printable ASCII, so it never occurs in one.
 const SEPARATOR: char = '\u{1}';
 const AFTER_SEPARATOR: char = '\u{2}';
+
+fn range_of(correlation_id: &str) -> (String, String) {
+    (
+        format!("{correlation_id}{SEPARATOR}"),
+        format!("{correlation_id}{AFTER_SEPARATOR}"),
+    )
+}
 
 impl FlowStore for EmbeddedStore {
     fn scope(&self) -> Scope {
@@ -40,7 +54,8 @@ impl FlowStore for EmbeddedStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let expires_at = expiry_after(retention);
-            let mut jobs = Vec::with_capacity(receipts.len() * 2);
+            let mut rows = Vec::with_capacity(receipts.len());
+            let mut events = Vec::new();
             let mut flows: Vec<String> = Vec::new();
             for receipt in receipts {
                 let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
@@ -48,42 +63,41 @@ impl FlowStore for EmbeddedStore {
                     "{}{SEPARATOR}{:016x}{sequence:08x}",
                     receipt.correlation_id, receipt.at_ms
                 );
-                let data = serde_json::to_vec(receipt)?;
-                jobs.push(put_job(Expiring::Receipts, &key, &data, expires_at));
-                jobs.push(put_job(
-                    Expiring::Correlations,
-                    &receipt.event.event_id,
-                    receipt.correlation_id.as_bytes(),
-                    expires_at,
-                ));
+                rows.push((key, serde_json::to_vec(receipt)?));
+                // Delivered events are remembered by the delivery itself; published ones here,
+                // so that an event id finds its flow.
+                if receipt.kind == Kind::Published {
+                    events.push(put_job(
+                        Expiring::Correlations,
+                        &receipt.event.event_id,
+                        receipt.correlation_id.as_bytes(),
+                        expires_at,
+                    ));
+                }
                 if !flows.contains(&receipt.correlation_id) {
                     flows.push(receipt.correlation_id.clone());
                 }
             }
-            let now = now_ms();
             // Receipts are not worth an fsync of their own: they ride with the next one.
             self.submit(
                 move |txn| {
-                    for job in jobs {
+                    let mut table = txn.open_table(RECEIPTS)?;
+                    for (key, value) in &rows {
+                        table.insert(key.as_str(), value.as_slice())?;
+                    }
+                    for job in events {
                         job(txn)?;
                     }
-                    let mut by_flow = txn.open_table(RECENT_BY_FLOW)?;
-                    let mut recent = txn.open_table(RECENT)?;
+                    let mut by_flow = txn.open_table(EXPIRY_BY_FLOW)?;
+                    let mut ordered = txn.open_table(FLOWS)?;
                     for flow in &flows {
-                        let before = by_flow.insert(flow.as_str(), now)?.map(|v| v.value());
+                        let before = by_flow
+                            .insert(flow.as_str(), expires_at)?
+                            .map(|v| v.value());
                         if let Some(before) = before {
-                            recent.remove((before, flow.as_str()))?;
+                            ordered.remove((before, flow.as_str()))?;
                         }
-                        recent.insert((now, flow.as_str()), ())?;
-                    }
-                    while recent.len()? > MAX_RECENT as u64 {
-                        let Some((oldest, ())) = recent
-                            .pop_first()?
-                            .map(|(k, _)| (k.value().1.to_owned(), ()))
-                        else {
-                            break;
-                        };
-                        by_flow.remove(oldest.as_str())?;
+                        ordered.insert((expires_at, flow.as_str()), ())?;
                     }
                     Ok(())
                 },
@@ -98,19 +112,21 @@ impl FlowStore for EmbeddedStore {
         correlation_id: &'a str,
     ) -> BoxFuture<'a, Result<(Vec<Receipt>, bool), StoreError>> {
         Box::pin(async move {
-            let from = format!("{correlation_id}{SEPARATOR}");
-            let to = format!("{correlation_id}{AFTER_SEPARATOR}");
+            let (from, to) = range_of(correlation_id);
             let now = now_ms();
             let found = self.read(|db| {
                 let txn = db.begin_read()?;
-                let table = txn.open_table(Expiring::Receipts.table())?;
+                let live = txn
+                    .open_table(EXPIRY_BY_FLOW)?
+                    .get(correlation_id)?
+                    .is_some_and(|expires_at| expires_at.value() > now);
                 let mut values = Vec::new();
+                if !live {
+                    return Ok(values);
+                }
+                let table = txn.open_table(RECEIPTS)?;
                 for entry in table.range(from.as_str()..to.as_str())?.rev() {
-                    let (_, value) = entry?;
-                    let (expires_at, data) = split_value(value.value());
-                    if expires_at > now {
-                        values.push(data.to_vec());
-                    }
+                    values.push(entry?.1.value().to_vec());
                     if values.len() > MAX_RECEIPTS {
                         break;
                     }
@@ -137,13 +153,17 @@ impl FlowStore for EmbeddedStore {
 
     fn recent(&self, limit: usize) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
+            let now = now_ms();
             self.read(|db| {
                 let txn = db.begin_read()?;
-                let table = txn.open_table(RECENT)?;
+                let table = txn.open_table(FLOWS)?;
                 let mut flows = Vec::new();
                 for entry in table.iter()?.rev().take(limit) {
                     let (key, _) = entry?;
-                    flows.push(key.value().1.to_owned());
+                    let (expires_at, flow) = key.value();
+                    if expires_at > now {
+                        flows.push(flow.to_owned());
+                    }
                 }
                 Ok(flows)
             })
@@ -194,9 +214,35 @@ impl FlowStore for EmbeddedStore {
 }
 
 /// Creates the flow tables, so that reads find them before the first write.
-pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    txn.open_table(RECENT_BY_FLOW)?;
-    txn.open_table(RECENT)?;
+pub(super) fn create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(RECEIPTS)?;
+    txn.open_table(EXPIRY_BY_FLOW)?;
+    txn.open_table(FLOWS)?;
     txn.open_table(ROUTES)?;
     Ok(())
+}
+
+/// Removes up to `limit` flows that expired before `now`, with their receipts; how many
+/// receipts went.
+pub(super) fn sweep(txn: &WriteTransaction, now: u64, limit: usize) -> Result<usize, redb::Error> {
+    let mut ordered = txn.open_table(FLOWS)?;
+    let mut due = Vec::new();
+    for entry in ordered.range((0, "")..(now, ""))?.take(limit) {
+        let (key, _) = entry?;
+        let (expires_at, flow) = key.value();
+        due.push((expires_at, flow.to_owned()));
+    }
+    let mut by_flow = txn.open_table(EXPIRY_BY_FLOW)?;
+    let mut receipts = txn.open_table(RECEIPTS)?;
+    let mut removed = 0;
+    for (expires_at, flow) in &due {
+        ordered.remove((*expires_at, flow.as_str()))?;
+        by_flow.remove(flow.as_str())?;
+        let (from, to) = range_of(flow);
+        receipts.retain_in(from.as_str()..to.as_str(), |_, _| {
+            removed += 1;
+            false
+        })?;
+    }
+    Ok(removed)
 }

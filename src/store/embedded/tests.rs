@@ -233,7 +233,7 @@ async fn after_an_io_error_the_store_fails_fast_then_opens_the_file_again() {
 
 mod flows {
     use super::*;
-    use crate::flow::{EventFacts, FlowStore, Kind, MAX_RECENT, Receipt, Route};
+    use crate::flow::{EventFacts, FlowStore, Kind, Receipt, Route};
 
     fn receipt(correlation_id: &str, event_id: &str, at_ms: u64) -> Receipt {
         Receipt {
@@ -283,23 +283,33 @@ mod flows {
     }
 
     #[tokio::test]
-    async fn expired_receipts_are_not_answered_and_recent_flows_are_bounded() {
+    async fn a_flow_expires_after_its_latest_receipt_and_is_swept_whole() {
         let dir = TempDir::new();
         let store = EmbeddedStore::open(&dir.0).unwrap();
         store
-            .append(&[receipt("gone", "e1", 10)], Duration::from_millis(1))
+            .append(
+                &[receipt("gone", "e1", 10), receipt("gone", "e2", 11)],
+                Duration::from_millis(1),
+            )
+            .await
+            .unwrap();
+        store
+            .append(&[receipt("kept", "e3", 12)], Duration::from_secs(60))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(store.receipts("gone").await.unwrap().0.is_empty());
-        let many: Vec<Receipt> = (0..MAX_RECENT + 5)
-            .map(|n| receipt(&format!("flow-{n}"), &format!("e{n}"), 20))
-            .collect();
-        store.append(&many, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(
-            store.recent(MAX_RECENT + 10).await.unwrap().len(),
-            MAX_RECENT
-        );
+        assert_eq!(store.recent(10).await.unwrap(), ["kept"]);
+        let swept = store.write(|txn| sweep(txn, now_ms())).await.unwrap();
+        assert_eq!(swept, 4, "both receipts of the expired flow and their events' flow ids");
+        assert_eq!(store.receipts("kept").await.unwrap().0.len(), 1);
+        // A later receipt extends the flow.
+        store
+            .append(&[receipt("kept", "e4", 13)], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(store.receipts("kept").await.unwrap().0.len(), 2);
+        assert_eq!(store.recent(10).await.unwrap(), ["kept"]);
     }
 
     #[tokio::test]
