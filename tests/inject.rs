@@ -274,7 +274,11 @@ fn the_sidecar_agrees_with_the_kustomize_component() {
     };
     let (want, have) = (find(base_pod), find(pod));
     for field in SAME_FIELDS {
-        assert_eq!(have[field], want[field], "{field} differs from the base's");
+        assert_eq!(
+            have[field], want[field],
+            "{field} differs from the base's: src/cli/inject/sidecar.yaml and \
+             deploy/kubernetes/base/sidecar/sidecar.yaml change together"
+        );
     }
     // The environment the base sets for every service, and its mounts of the configuration
     // and the data volume.

@@ -95,42 +95,21 @@ pub(crate) fn inject(
     settings: &Settings,
     schema_keys: Option<&[String]>,
 ) -> Result<(), Problem> {
-    let spec = pod_spec(pod, path)?;
-    if names(list(spec, "containers", path)?).any(|name| name == NAME) {
-        return Err(Problem::Foreign("containers"));
-    }
-    if let Some(index) = position(list(spec, "initContainers", path)?, NAME) {
-        if !is_ours(&list(spec, "initContainers", path)?[index]) {
-            return Err(Problem::Foreign("initContainers"));
-        }
-    }
+    check_names(pod_spec(pod, path)?, path)?;
     let removed = take_away(pod, path)?;
-    let schema_items = match &settings.schemas {
-        None => None,
-        Some(config_map) => Some(schema_items(
-            config_map,
-            schema_keys,
-            removed.schemas.as_ref(),
-        )?),
-    };
-    let spec = pod_spec(pod, path)?;
-    check_ports(spec, path)?;
     let mut volumes = vec![volume(
         CONFIG_VOLUME,
         config_map(&settings.config_map, None),
     )];
-    if let (Some(name), Some(items)) = (&settings.schemas, schema_items) {
+    if let Some(name) = &settings.schemas {
+        let items = schema_items(name, schema_keys, removed.schemas.as_ref())?;
         volumes.push(volume(SCHEMAS_VOLUME, config_map(name, Some(items))));
     }
     volumes.push(template.data_volume.clone());
-    let existing: Vec<String> = names(list(spec, "volumes", path)?)
-        .map(str::to_owned)
-        .collect();
-    if let Some(name) = volumes
-        .iter()
-        .filter_map(name_of)
-        .find(|n| existing.iter().any(|e| e == *n))
-    {
+    let spec = pod_spec(pod, path)?;
+    check_ports(spec, path)?;
+    let existing: Vec<&str> = names(list(spec, "volumes", path)?).collect();
+    if let Some(name) = names(&volumes).find(|name| existing.contains(name)) {
         return Err(Problem::VolumeConflict(name.to_owned()));
     }
     let container = container(template, settings, removed.env);
@@ -138,11 +117,29 @@ pub(crate) fn inject(
     let index = removed.index.unwrap_or(0).min(init.len());
     init.insert(index, container);
     list_or_insert(spec, "volumes", None, path)?.extend(volumes);
+    adjust_pod(pod, path, template)
+}
 
+/// A container named `causeway` must be the sidecar, if there is one.
+fn check_names(spec: &Mapping, path: &str) -> Result<(), Problem> {
+    if names(list(spec, "containers", path)?).any(|name| name == NAME) {
+        return Err(Problem::Foreign("containers"));
+    }
+    let init = list(spec, "initContainers", path)?;
+    match position(init, NAME) {
+        Some(index) if !is_ours(&init[index]) => Err(Problem::Foreign("initContainers")),
+        _ => Ok(()),
+    }
+}
+
+/// The pod settings the sidecar needs (its grace period, the Prometheus annotations), and
+/// the record of what was changed for them.
+fn adjust_pod(pod: &mut Mapping, path: &str, template: &Template) -> Result<(), Problem> {
     let mut record = Record {
         version: env!("CARGO_PKG_VERSION").into(),
         ..Record::default()
     };
+    let spec = pod_spec(pod, path)?;
     let grace = match spec.get("terminationGracePeriodSeconds") {
         None | Some(Value::Null) => None,
         Some(value) => Some(value.as_u64().ok_or_else(|| {
@@ -151,11 +148,9 @@ pub(crate) fn inject(
             ))
         })?),
     };
-    if grace.is_none_or(|g| g < template.termination_grace_period_seconds) {
-        spec.insert(
-            "terminationGracePeriodSeconds".into(),
-            template.termination_grace_period_seconds.into(),
-        );
+    let least = template.termination_grace_period_seconds;
+    if grace.is_none_or(|grace| grace < least) {
+        spec.insert("terminationGracePeriodSeconds".into(), least.into());
         record.termination_grace_period_seconds = Some(grace);
     }
     let annotations = annotations(pod, path)?;
@@ -397,9 +392,10 @@ fn pod_spec<'a>(pod: &'a mut Mapping, path: &str) -> Result<&'a mut Mapping, Pro
     }
 }
 
-/// The pod's annotations, created when missing (metadata goes before spec).
+/// The pod's annotations, created when missing or null (metadata goes before spec).
 fn annotations<'a>(pod: &'a mut Mapping, path: &str) -> Result<&'a mut Mapping, Problem> {
-    if !pod.contains_key("metadata") {
+    if matches!(pod.get("metadata"), None | Some(Value::Null)) {
+        pod.shift_remove("metadata");
         insert_before(pod, "spec", "metadata", Value::Mapping(Mapping::new()));
     }
     let Some(Value::Mapping(metadata)) = pod.get_mut("metadata") else {

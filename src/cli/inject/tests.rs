@@ -65,6 +65,30 @@ fn the_sidecar_goes_before_the_containers_and_the_pod_metadata_before_the_spec()
 }
 
 #[test]
+fn null_metadata_and_lists_are_taken_as_empty() {
+    let text = DEPLOYMENT
+        .replace(
+            "    metadata:\n      labels:\n        app: orders\n",
+            "    metadata:\n",
+        )
+        .replace(
+            "      containers:",
+            "      initContainers:\n      volumes:\n      containers:",
+        );
+    let out = inject(&text).unwrap();
+    let pod = &value(&out)["spec"]["template"];
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["name"], "causeway",
+        "{out}"
+    );
+    assert_eq!(
+        pod["spec"]["volumes"][0]["name"], "causeway-config",
+        "{out}"
+    );
+    assert!(pod["metadata"]["annotations"].is_mapping(), "{out}");
+}
+
+#[test]
 fn a_foreign_causeway_container_or_a_port_conflict_is_refused_and_named() {
     let foreign = DEPLOYMENT.replace("- name: app", "- name: causeway");
     let errors = inject(&foreign).unwrap_err();
