@@ -19,6 +19,7 @@ pub use emit::EmitError;
 pub use input::{ReadError, Source};
 pub use settings::{Flags, SettingError};
 
+use input::ConfigMaps;
 use pod::Template;
 use settings::Settings;
 
@@ -222,7 +223,7 @@ pub fn run(sources: &[Source], mode: Mode, flags: &Flags) -> Result<String, Vec<
             match Value::deserialize(document) {
                 Ok(Value::Null) => {}
                 Ok(mut value) => {
-                    octal_modes(&mut value);
+                    input::octal_modes(&mut value);
                     documents.push((origin, value));
                 }
                 Err(error) => {
@@ -379,36 +380,6 @@ impl Run<'_> {
     }
 }
 
-/// File modes written the YAML 1.1 way (`defaultMode: 0644`), as Kubernetes reads them:
-/// octal numbers. The YAML 1.2 parser reads them as strings, which would be written back
-/// quoted and refused by the API server. Data, labels, annotations and environment
-/// variables are strings and are left alone.
-fn octal_modes(value: &mut Value) {
-    match value {
-        Value::Mapping(map) => {
-            for (key, value) in map.iter_mut() {
-                match key.as_str() {
-                    Some(
-                        "data" | "stringData" | "binaryData" | "labels" | "annotations" | "env",
-                    ) => {}
-                    Some("mode" | "defaultMode") => {
-                        let octal = value
-                            .as_str()
-                            .filter(|s| s.len() > 1 && s.starts_with('0'))
-                            .and_then(|s| u64::from_str_radix(s, 8).ok());
-                        if let Some(mode) = octal {
-                            *value = mode.into();
-                        }
-                    }
-                    _ => octal_modes(value),
-                }
-            }
-        }
-        Value::Sequence(items) => items.iter_mut().for_each(octal_modes),
-        _ => {}
-    }
-}
-
 /// The `metadata.annotations` of `node` (at `at`), if it has any.
 fn annotations_of(node: &Mapping, at: &str) -> Result<Option<Mapping>, Problem> {
     match node.get("metadata").and_then(|m| m.get("annotations")) {
@@ -417,63 +388,6 @@ fn annotations_of(node: &Mapping, at: &str) -> Result<Option<Mapping>, Problem> 
         Some(_) => Err(Problem::Malformed(format!(
             "{at}metadata.annotations is not a mapping"
         ))),
-    }
-}
-
-/// The ConfigMaps of the input, for the keys of a schema ConfigMap.
-struct ConfigMaps(Vec<(Option<String>, String, Vec<String>)>);
-
-impl ConfigMaps {
-    fn collect<'a>(documents: impl Iterator<Item = &'a Value>) -> Self {
-        fn visit(value: &Value, found: &mut Vec<(Option<String>, String, Vec<String>)>) {
-            match value.get("kind").and_then(Value::as_str) {
-                Some("List") => {
-                    for item in value
-                        .get("items")
-                        .and_then(Value::as_sequence)
-                        .into_iter()
-                        .flatten()
-                    {
-                        visit(item, found);
-                    }
-                }
-                Some("ConfigMap") => {
-                    let text = |key: &str| {
-                        value
-                            .get("metadata")
-                            .and_then(|m| m.get(key))
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    };
-                    let Some(name) = text("name") else { return };
-                    let mut keys: Vec<String> = ["data", "binaryData"]
-                        .iter()
-                        .filter_map(|field| value.get(*field).and_then(Value::as_mapping))
-                        .flat_map(Mapping::keys)
-                        .filter_map(|key| key.as_str().map(str::to_owned))
-                        .collect();
-                    keys.sort();
-                    found.push((text("namespace"), name, keys));
-                }
-                _ => {}
-            }
-        }
-        let mut found = Vec::new();
-        for document in documents {
-            visit(document, &mut found);
-        }
-        ConfigMaps(found)
-    }
-
-    /// The keys of ConfigMap `name` in `namespace` (a ConfigMap or a workload without a
-    /// namespace matches any).
-    fn keys(&self, name: &str, namespace: Option<&str>) -> Option<&[String]> {
-        self.0
-            .iter()
-            .find(|(ns, n, _)| {
-                n == name && (ns.is_none() || namespace.is_none() || ns.as_deref() == namespace)
-            })
-            .map(|(_, _, keys)| keys.as_slice())
     }
 }
 

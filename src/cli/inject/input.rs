@@ -1,9 +1,12 @@
-//! Reads the manifests to inject: files, the YAML and JSON files under directories, or stdin.
+//! Reads the manifests to inject: files, the YAML and JSON files under directories, or
+//! stdin; and what is taken from the documents read as a whole.
 
 use std::{
     io::Read,
     path::{Path, PathBuf},
 };
+
+use yaml_serde::{Mapping, Value};
 
 /// The most input read in one run, all files together: far above any set of manifests, and
 /// a bound on memory when a path names something else.
@@ -138,4 +141,91 @@ fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>) -> Result<(), ReadEr
         }
     }
     Ok(())
+}
+
+/// File modes written the YAML 1.1 way (`defaultMode: 0644`), as Kubernetes reads them:
+/// octal numbers. The YAML 1.2 parser reads them as strings, which would be written back
+/// quoted and refused by the API server. Data, labels, annotations and environment
+/// variables are strings and are left alone.
+pub(crate) fn octal_modes(value: &mut Value) {
+    match value {
+        Value::Mapping(map) => {
+            for (key, value) in map.iter_mut() {
+                match key.as_str() {
+                    Some(
+                        "data" | "stringData" | "binaryData" | "labels" | "annotations" | "env",
+                    ) => {}
+                    Some("mode" | "defaultMode") => {
+                        let octal = value
+                            .as_str()
+                            .filter(|s| s.len() > 1 && s.starts_with('0'))
+                            .and_then(|s| u64::from_str_radix(s, 8).ok());
+                        if let Some(mode) = octal {
+                            *value = mode.into();
+                        }
+                    }
+                    _ => octal_modes(value),
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
+}
+
+/// The ConfigMaps of the input, for the keys of a schema ConfigMap.
+pub(crate) struct ConfigMaps(Vec<(Option<String>, String, Vec<String>)>);
+
+impl ConfigMaps {
+    pub(crate) fn collect<'a>(documents: impl Iterator<Item = &'a Value>) -> Self {
+        fn visit(value: &Value, found: &mut Vec<(Option<String>, String, Vec<String>)>) {
+            match value.get("kind").and_then(Value::as_str) {
+                Some("List") => {
+                    for item in value
+                        .get("items")
+                        .and_then(Value::as_sequence)
+                        .into_iter()
+                        .flatten()
+                    {
+                        visit(item, found);
+                    }
+                }
+                Some("ConfigMap") => {
+                    let text = |key: &str| {
+                        value
+                            .get("metadata")
+                            .and_then(|m| m.get(key))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    };
+                    let Some(name) = text("name") else { return };
+                    let mut keys: Vec<String> = ["data", "binaryData"]
+                        .iter()
+                        .filter_map(|field| value.get(*field).and_then(Value::as_mapping))
+                        .flat_map(Mapping::keys)
+                        .filter_map(|key| key.as_str().map(str::to_owned))
+                        .collect();
+                    keys.sort();
+                    found.push((text("namespace"), name, keys));
+                }
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for document in documents {
+            visit(document, &mut found);
+        }
+        ConfigMaps(found)
+    }
+
+    /// The keys of ConfigMap `name` in `namespace` (a ConfigMap or a workload without a
+    /// namespace matches any).
+    pub(crate) fn keys(&self, name: &str, namespace: Option<&str>) -> Option<&[String]> {
+        self.0
+            .iter()
+            .find(|(ns, n, _)| {
+                n == name && (ns.is_none() || namespace.is_none() || ns.as_deref() == namespace)
+            })
+            .map(|(_, _, keys)| keys.as_slice())
+    }
 }
