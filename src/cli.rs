@@ -2,6 +2,7 @@
 //! running sidecar's API) and `causeway schema check|consumers`.
 
 pub mod flow;
+pub mod inject;
 pub mod schema;
 
 use std::fmt::Write as _;

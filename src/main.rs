@@ -58,6 +58,9 @@ enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Add the causeway native sidecar to the pods of Kubernetes manifests (or take it away),
+    /// and print the manifests.
+    Inject(cli::inject::InjectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             target,
         } => flow(show, command, &target),
         Command::Schema { command } => schema(command),
+        Command::Inject(args) => cli::inject::command(&args),
     }
 }
 
