@@ -12,7 +12,7 @@ use causeway::{
         self, ApiTarget, CliError, DlqCommand,
         flow::{FlowCommand, ShowArgs, Verdict},
     },
-    config::Config,
+    config::{Config, ConfigError, Invalid},
     shutdown,
     sidecar::{self, SidecarError},
     telemetry,
@@ -340,8 +340,13 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
             info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(error @ SidecarError::Schema(_)) => {
-            error!(%error, "invalid configuration");
+        // Like every other configuration problem: on stderr, in words.
+        Err(SidecarError::Schema(error)) => {
+            let invalid = Invalid {
+                origin: "CAUSEWAY_SCHEMAS_DIR".into(),
+                problem: error.to_string(),
+            };
+            eprint!("causeway: {}", ConfigError(vec![invalid]));
             ExitCode::from(EXIT_CONFIG)
         }
         Err(error) => {
