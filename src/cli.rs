@@ -34,6 +34,16 @@ pub struct ApiTarget {
     pub token: Option<String>,
 }
 
+/// How a command prints what it found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned text, for people.
+    #[default]
+    Text,
+    /// JSON, for scripts.
+    Json,
+}
+
 /// A dead-letter command.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum DlqCommand {
@@ -44,6 +54,9 @@ pub enum DlqCommand {
         /// How many to show (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// `text`: a table; `json`: the API's answer as is (pretty-printed).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Send dead letters back for delivery, with attempts reset: all, the given ids, or
     /// those of one flow.
@@ -97,10 +110,14 @@ pub async fn dlq(target: &ApiTarget, command: DlqCommand) -> Result<String, CliE
         DlqCommand::List {
             subscription,
             limit,
+            output,
         } => {
             let path = format!("/v1/subscriptions/{subscription}/dead-letters?limit={limit}");
             let listed = call(target, reqwest::Method::GET, &path, None).await?;
-            Ok(table(&listed))
+            Ok(match output {
+                Output::Text => table(&listed),
+                Output::Json => serde_json::to_string_pretty(&listed).unwrap_or_default() + "\n",
+            })
         }
         DlqCommand::Replay {
             subscription,
