@@ -1,6 +1,7 @@
 //! Command-line tools: `causeway dlq list|replay|purge` and `causeway flow` (clients of a
-//! running sidecar's API) and `causeway schema check|consumers`.
+//! running sidecar's API), `causeway schema check|consumers`, and `causeway check`.
 
+pub mod check;
 pub mod flow;
 pub mod schema;
 

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 use causeway::{
     cli::{
         self, ApiTarget, CliError, DlqCommand,
+        check::CheckArgs,
         flow::{FlowCommand, ShowArgs, Verdict},
     },
     config::{Config, ConfigError, Invalid},
@@ -58,6 +59,10 @@ enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Check what the sidecar needs, with its configuration: each broker address, the
+    /// schemas, the data directory, Redis, the app. Exits 1 when a check fails, 64 when
+    /// the configuration is invalid.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             target,
         } => flow(show, command, &target),
         Command::Schema { command } => schema(command),
+        Command::Check(args) => check(cli.config, &args),
     }
 }
 
@@ -231,6 +237,16 @@ fn schema(command: SchemaCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// `causeway check`: prints the report; the exit code says whether anything failed.
+fn check(config_file: Option<PathBuf>, args: &CheckArgs) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let report = runtime.block_on(cli::check::run(config_file.as_deref(), args));
+    print!("{}", report.render(args.output));
+    ExitCode::from(report.exit_code)
 }
 
 fn dlq(command: DlqCommand, target: &ApiTarget) -> ExitCode {
