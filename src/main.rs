@@ -245,6 +245,8 @@ fn check(config_file: Option<PathBuf>, args: &CheckArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let report = runtime.block_on(cli::check::run(config_file.as_deref(), args));
+    // A probe of a volume that hangs may still be blocked in the kernel: not waited for.
+    runtime.shutdown_background();
     print!("{}", report.render(args.output));
     ExitCode::from(report.exit_code)
 }

@@ -249,9 +249,9 @@ async fn probe_all(config: Config, args: &CheckArgs) -> Vec<Finding> {
     running.spawn(async move { (order, probes::management(&management).await) });
     let dir = config.schemas_dir.clone();
     let strict = config.schemas_strict;
-    running.spawn(async move { (order + 1, vec![probes::schemas(dir, strict).await]) });
+    running.spawn(async move { (order + 1, vec![probes::schemas(dir, strict, timeout).await]) });
     let data_dir = config.data_dir.clone();
-    running.spawn(async move { (order + 2, vec![probes::store(data_dir).await]) });
+    running.spawn(async move { (order + 2, vec![probes::store(data_dir, timeout).await]) });
     let dedup_url = config.dedup_url.clone();
     running.spawn(async move { (order + 3, vec![probes::redis(dedup_url, timeout).await]) });
     let app_url = config.app_url.clone();

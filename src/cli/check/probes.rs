@@ -154,8 +154,35 @@ fn describe(error: reqwest::Error) -> String {
     without_credentials(&chain(&error.without_url()))
 }
 
+/// Runs `probe`, which reads files, on a blocking thread within `timeout`: a volume that
+/// hangs (a lost NFS server) is found, not waited for.
+async fn blocking(
+    check: &'static str,
+    target: String,
+    timeout: Duration,
+    probe: impl FnOnce() -> Finding + Send + 'static,
+) -> Finding {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(probe)).await {
+        Ok(Ok(finding)) => finding.on(target),
+        Ok(Err(error)) => Finding::fail(
+            check,
+            format!("the check stopped: {error}"),
+            "report this as a bug",
+        ),
+        Err(_) => Finding::fail(
+            check,
+            format!(
+                "no answer within {}: the volume hangs",
+                humantime::format_duration(timeout)
+            ),
+            "check the volume mounted there (a network file system that lost its server?)",
+        )
+        .on(target),
+    }
+}
+
 /// Loads and compiles every schema, as the sidecar does at start.
-pub(super) async fn schemas(dir: Option<PathBuf>, strict: bool) -> Finding {
+pub(super) async fn schemas(dir: Option<PathBuf>, strict: bool, timeout: Duration) -> Finding {
     let Some(dir) = dir else {
         return Finding::skip(
             "schemas",
@@ -163,52 +190,39 @@ pub(super) async fn schemas(dir: Option<PathBuf>, strict: bool) -> Finding {
         );
     };
     let shown = dir.display().to_string();
-    let load_dir = dir.clone();
-    let loaded =
-        tokio::task::spawn_blocking(move || SchemaRegistry::load(Some(&load_dir), strict)).await;
-    match loaded {
-        Ok(Ok(registry)) => {
+    blocking("schemas", shown, timeout, move || schemas_now(&dir, strict)).await
+}
+
+fn schemas_now(dir: &Path, strict: bool) -> Finding {
+    match SchemaRegistry::load(Some(dir), strict) {
+        Ok(registry) => {
             let types = registry.list();
             let count: usize = types.values().map(Vec::len).sum();
             if count == 0 {
                 let found = "no schema in the directory";
                 let fix = "schemas are <dir>/<EventType>/<MAJOR.MINOR>.json files; with CAUSEWAY_SCHEMAS_STRICT on, every publish is refused without one";
-                return Finding::warn("schemas", found, fix).on(shown);
+                return Finding::warn("schemas", found, fix);
             }
             let found = format!("{count} schema(s) of {} event type(s), valid", types.len());
-            Finding::ok("schemas", found).on(shown)
+            Finding::ok("schemas", found)
         }
-        Ok(Err(error)) if error.path == dir => Finding::fail(
+        Err(error) if error.path == dir => Finding::fail(
             "schemas",
             error.problem,
             "mount the schemas there (a ConfigMap volume, say), or correct CAUSEWAY_SCHEMAS_DIR",
-        )
-        .on(shown),
-        Ok(Err(error)) => Finding::fail(
+        ),
+        Err(error) => Finding::fail(
             "schemas",
             error.to_string(),
             "correct or remove the file named; schemas are <dir>/<EventType>/<MAJOR.MINOR>.json JSON Schemas (the sidecar would exit 64)",
-        )
-        .on(shown),
-        Err(error) => Finding::fail(
-            "schemas",
-            format!("the check stopped: {error}"),
-            "report this as a bug",
         ),
     }
 }
 
 /// Whether the data directory takes writes, and whether its store opens.
-pub(super) async fn store(dir: PathBuf) -> Finding {
+pub(super) async fn store(dir: PathBuf, timeout: Duration) -> Finding {
     let shown = dir.display().to_string();
-    match tokio::task::spawn_blocking(move || store_now(&dir)).await {
-        Ok(finding) => finding.on(shown),
-        Err(error) => Finding::fail(
-            "store",
-            format!("the check stopped: {error}"),
-            "report this as a bug",
-        ),
-    }
+    blocking("store", shown, timeout, move || store_now(&dir)).await
 }
 
 fn store_now(dir: &Path) -> Finding {
