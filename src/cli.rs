@@ -1,6 +1,7 @@
 //! Command-line tools: `causeway dlq list|replay|purge` and `causeway flow` (clients of a
-//! running sidecar's API) and `causeway schema check|consumers`.
+//! running sidecar's API), `causeway schema check|consumers`, and `causeway check`.
 
+pub mod check;
 pub mod flow;
 pub mod inject;
 pub mod schema;
@@ -35,6 +36,16 @@ pub struct ApiTarget {
     pub token: Option<String>,
 }
 
+/// How a command prints what it found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned text, for people.
+    #[default]
+    Text,
+    /// JSON, for scripts.
+    Json,
+}
+
 /// A dead-letter command.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum DlqCommand {
@@ -45,6 +56,9 @@ pub enum DlqCommand {
         /// How many to show (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// `text`: a table; `json`: the API's answer as is (pretty-printed).
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Send dead letters back for delivery, with attempts reset: all, the given ids, or
     /// those of one flow.
@@ -98,10 +112,14 @@ pub async fn dlq(target: &ApiTarget, command: DlqCommand) -> Result<String, CliE
         DlqCommand::List {
             subscription,
             limit,
+            output,
         } => {
             let path = format!("/v1/subscriptions/{subscription}/dead-letters?limit={limit}");
             let listed = call(target, reqwest::Method::GET, &path, None).await?;
-            Ok(table(&listed))
+            Ok(match output {
+                Output::Text => table(&listed),
+                Output::Json => serde_json::to_string_pretty(&listed).unwrap_or_default() + "\n",
+            })
         }
         DlqCommand::Replay {
             subscription,

@@ -203,6 +203,9 @@ impl Config {
 struct Reader<'a> {
     env: &'a Environment,
     file: Option<(String, toml::Table)>,
+    /// A config file was named but could not be read or parsed: what it would have set is
+    /// unknown, so a required setting is not reported missing on top of the file's problem.
+    file_failed: bool,
     errors: Vec<Invalid>,
 }
 
@@ -211,6 +214,7 @@ impl<'a> Reader<'a> {
         let mut reader = Reader {
             env,
             file: None,
+            file_failed: false,
             errors: env.unreadable.clone(),
         };
         if let Some(path) = path {
@@ -224,14 +228,15 @@ impl<'a> Reader<'a> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(error) => {
+                self.file_failed = true;
                 return self.invalid(name, format!("cannot read the config file: {error}"));
             }
         };
         let table = match text.parse::<toml::Table>() {
             Ok(table) => table,
             Err(error) => {
-                let problem = format!("not valid TOML: {}", error.message());
-                return self.invalid(name, problem);
+                self.file_failed = true;
+                return self.invalid(name, toml_problem(&text, &error));
             }
         };
         for key in table.keys() {
@@ -291,8 +296,11 @@ impl<'a> Reader<'a> {
             None => match default {
                 Some(default) => (format!("default of {key}"), default.to_owned()),
                 None => {
-                    let var = format!("{PREFIX}{}", key.to_ascii_uppercase());
-                    self.invalid(var, "required but not set".into());
+                    // The file that failed may well set it: its problem is the one to fix.
+                    if !self.file_failed {
+                        let var = format!("{PREFIX}{}", key.to_ascii_uppercase());
+                        self.invalid(var, "required but not set".into());
+                    }
                     return None;
                 }
             },
@@ -568,6 +576,22 @@ impl<'a> Reader<'a> {
         self.errors.extend(problems);
         ok.then_some(subscriptions)
     }
+}
+
+/// The TOML parser's complaint with where it is in the file (line and column, both from
+/// 1), and without the parser's snippet of the file, which may show a password.
+fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(mut start) = error.span().map(|span| span.start.min(text.len())) else {
+        return format!("not valid TOML: {message}");
+    };
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("not valid TOML at line {line}, column {column}: {message}")
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use tracing::{error, info, warn};
 use causeway::{
     cli::{
         self, ApiTarget, CliError, DlqCommand,
+        check::CheckArgs,
         flow::{FlowCommand, ShowArgs, Verdict},
     },
-    config::Config,
+    config::{Config, ConfigError, Invalid},
     shutdown,
     sidecar::{self, SidecarError},
     telemetry,
@@ -61,6 +62,10 @@ enum Command {
     /// Add the causeway native sidecar to the pods of Kubernetes manifests (or take it away),
     /// and print the manifests.
     Inject(cli::inject::InjectArgs),
+    /// Check what the sidecar needs, with its configuration: each broker address, the
+    /// schemas, the data directory, Redis, the app. Exits 1 when a check fails, 64 when
+    /// the configuration is invalid.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
         } => flow(show, command, &target),
         Command::Schema { command } => schema(command),
         Command::Inject(args) => cli::inject::command(&args),
+        Command::Check(args) => check(cli.config, &args),
     }
 }
 
@@ -235,6 +241,18 @@ fn schema(command: SchemaCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// `causeway check`: prints the report; the exit code says whether anything failed.
+fn check(config_file: Option<PathBuf>, args: &CheckArgs) -> ExitCode {
+    let Some(runtime) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let report = runtime.block_on(cli::check::run(config_file.as_deref(), args));
+    // A probe of a volume that hangs may still be blocked in the kernel: not waited for.
+    runtime.shutdown_background();
+    print!("{}", report.render(args.output));
+    ExitCode::from(report.exit_code)
 }
 
 fn dlq(command: DlqCommand, target: &ApiTarget) -> ExitCode {
@@ -344,8 +362,13 @@ fn run(config_file: Option<PathBuf>) -> ExitCode {
             info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(error @ SidecarError::Schema(_)) => {
-            error!(%error, "invalid configuration");
+        // Like every other configuration problem: on stderr, in words.
+        Err(SidecarError::Schema(error)) => {
+            let invalid = Invalid {
+                origin: "CAUSEWAY_SCHEMAS_DIR".into(),
+                problem: error.to_string(),
+            };
+            eprint!("causeway: {}", ConfigError(vec![invalid]));
             ExitCode::from(EXIT_CONFIG)
         }
         Err(error) => {

@@ -8,7 +8,7 @@
 pub mod metrics;
 mod propagation;
 
-use std::time::Duration;
+use std::{ffi::OsStr, io::IsTerminal, time::Duration};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -99,7 +99,13 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
             .with_span_list(false)
             .with_filter(filter)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colours_wanted(
+                std::io::stdout().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .with_filter(filter)
+            .boxed(),
     };
     // A list, not an `Option` layer: an absent `Option` layer enables every span, and the
     // registry would then build spans nobody records.
@@ -139,6 +145,12 @@ impl Telemetry {
 /// start with a telemetry variable that is not UTF-8, naming it).
 fn var(name: &str) -> Option<String> {
     std::env::var_os(name).and_then(|value| value.into_string().ok())
+}
+
+/// Text logs are coloured only for a person at a terminal: files, pipes and log collectors
+/// get plain text, and `NO_COLOR` (set and not empty, see no-color.org) turns colours off.
+fn colours_wanted(terminal: bool, no_color: Option<&OsStr>) -> bool {
+    terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Spans are made unless the SDK is disabled or the sampler drops every one of them.
@@ -194,5 +206,13 @@ mod tests {
         assert!(filter.to_string().contains("lapin=off"), "{filter}");
         let (filter, _) = log_filter(Some("info,lapin=warn"));
         assert!(!filter.to_string().contains("lapin=off"), "{filter}");
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colours_wanted(true, None));
+        assert!(colours_wanted(true, Some(OsStr::new(""))));
+        assert!(!colours_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colours_wanted(false, None));
     }
 }

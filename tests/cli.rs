@@ -63,6 +63,14 @@ async fn dlq_list_replay_and_purge_work_through_the_api() {
     );
     assert!(listing.contains("rejected"), "{listing}");
     assert!(listing.contains("422"), "{listing}");
+    let (code, out, err) = causeway(&[
+        "dlq", "list", "cli", "--output", "json", "--api", api, "--token", token,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["total"], 2, "{out}");
+    let letters = listed["dead_letters"].as_array().unwrap();
+    assert!(letters.iter().all(|l| l["reason"] == "rejected"), "{out}");
 
     let (code, _, err) = causeway(&["dlq", "list", "cli", "--api", api]);
     assert_eq!(code, 1);

@@ -227,3 +227,35 @@ fn broker_names_that_cannot_be_declared_are_refused_at_start() {
         assert!(std::net::TcpListener::bind(&addr).is_ok());
     }
 }
+
+#[test]
+fn a_bad_schemas_dir_is_a_plain_config_error_and_text_logs_have_no_colours_in_a_pipe() {
+    let missing = std::env::temp_dir().join(common::unique("causeway-no-schemas"));
+    let addr = free_addr();
+    let (code, stdout, stderr) = causeway(
+        &[
+            ("CAUSEWAY_SERVICE", OsString::from("orders")),
+            ("CAUSEWAY_API_ADDR", OsString::from(&addr)),
+            ("CAUSEWAY_SCHEMAS_DIR", missing.clone().into_os_string()),
+            ("CAUSEWAY_LOG_FORMAT", OsString::from("text")),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(64), "{stdout}{stderr}");
+    assert!(
+        stderr.starts_with("causeway: invalid configuration (1 problem(s)):\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "  CAUSEWAY_SCHEMAS_DIR: {}: cannot read",
+            missing.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("schemas"), "{stdout}");
+    // What it logged before (text, to a pipe) is plain.
+    assert!(stdout.contains("tracing ready"), "{stdout}");
+    assert!(!stdout.contains("\x1b["), "{stdout:?}");
+    assert!(std::net::TcpListener::bind(&addr).is_ok());
+}

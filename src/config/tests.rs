@@ -161,6 +161,60 @@ fn a_missing_file_is_reported() {
 }
 
 #[test]
+fn a_toml_error_names_its_line_and_column_and_no_secret() {
+    let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("causeway.toml");
+    std::fs::write(
+        &path,
+        "service = \"billing\"\namqp_url = \"amqp://u:hunter2@rabbit/%2f\"\nmax_body = = 2\n",
+    )
+    .unwrap();
+    let error = Config::load(Some(&path), &HashMap::new()).unwrap_err();
+    assert_eq!(origins(&error), [path.display().to_string()]);
+    let problem = &error.0[0].problem;
+    assert!(
+        problem.starts_with("not valid TOML at line 3, column 12: "),
+        "{problem}"
+    );
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_file_that_fails_adds_no_missing_service_but_real_env_problems_stay() {
+    let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("causeway.toml");
+    std::fs::write(&path, "service = \"billing\n").unwrap();
+    let error = Config::load(
+        Some(&path),
+        &env(&[
+            ("CAUSEWAY_MAX_BODY", "lots"),
+            ("CAUSEWAY_LOG_FORMAT", "xml"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        origins(&error),
+        [
+            path.display().to_string().as_str(),
+            "CAUSEWAY_MAX_BODY",
+            "CAUSEWAY_LOG_FORMAT"
+        ]
+    );
+    assert!(error.0[0].problem.contains("line 1, column"), "{error}");
+    // The same for a file that cannot be read.
+    let missing = dir.join("missing.toml");
+    let error = Config::load(Some(&missing), &HashMap::new()).unwrap_err();
+    assert_eq!(origins(&error), [missing.display().to_string()]);
+    // Without a file, a missing service is still reported.
+    let error = Config::load(None, &HashMap::new()).unwrap_err();
+    assert_eq!(origins(&error), ["CAUSEWAY_SERVICE"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn subscriptions_come_from_the_file_and_are_checked() {
     let dir = std::env::temp_dir().join(format!("causeway-config-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();

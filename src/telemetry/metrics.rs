@@ -1,17 +1,17 @@
 //! The Prometheus metrics of `/metrics`. Labels are bounded: outcomes and connection kinds
 //! are fixed words, subscriptions are configured names, and event types are capped (an app
 //! could make up any number of them).
+//!
+//! Besides the sidecar's own families: `causeway_build_info`, and the standard `process_*`
+//! metrics of Prometheus' client libraries, read from `/proc` at each scrape (on Linux).
+
+mod process;
 
 use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::Registry,
 };
 
@@ -120,14 +120,39 @@ pub struct Metrics {
     event_types: Mutex<HashSet<String>>,
 }
 
+/// Bucket bounds, written out so that each `le` label is the decimal number as written:
+/// multiplying floats (`exponential_buckets`) prints bounds such as `0.009000000000000001`.
+/// 0.5 ms, doubling, to ~16 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
+    4.096, 8.192, 16.384,
+];
+
+/// 1 ms, tripling, to ~4 h: events can wait in queues and retries for a long time.
+const END_TO_END_BUCKETS: [f64; 16] = [
+    0.001, 0.003, 0.009, 0.027, 0.081, 0.243, 0.729, 2.187, 6.561, 19.683, 59.049, 177.147,
+    531.441, 1594.323, 4782.969, 14348.907,
+];
+
 fn latency() -> Histogram {
-    // 0.5 ms … ~16 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 fn end_to_end() -> Histogram {
-    // 1 ms … ~4 h: events can wait in queues and retries for a long time.
-    Histogram::new(exponential_buckets(0.001, 3.0, 16))
+    Histogram::new(END_TO_END_BUCKETS)
+}
+
+/// The labels of `causeway_build_info`.
+fn build_info() -> Info<Vec<(&'static str, &'static str)>> {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    Info::new(vec![
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("profile", profile),
+    ])
 }
 
 impl Default for Metrics {
@@ -219,6 +244,12 @@ impl Default for Metrics {
             "Flow receipts written, failed (one per failed batch write; the batch is tried again) and dropped (the queue was full)",
             flow_receipts.clone(),
         );
+        registry.register(
+            "causeway_build",
+            "The sidecar's version, and whether it is a release or a debug build",
+            build_info(),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         // Both connections start down, so that a sidecar that never connects is visible.
         for connection in ["publish", "consume"] {
             broker_connected
@@ -438,6 +469,83 @@ mod tests {
             metrics
                 .encode()
                 .contains("causeway_in_flight{kind=\"delivery\"} 0")
+        );
+    }
+
+    #[test]
+    fn bucket_bounds_print_as_written() {
+        let metrics = Metrics::default();
+        metrics.end_to_end("ship", Duration::from_millis(5));
+        metrics.delivery_took("ship", Duration::from_millis(5));
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "causeway_end_to_end_seconds_bucket{le=\"0.009\",subscription=\"ship\"} 1"
+            ) || text.contains(
+                "causeway_end_to_end_seconds_bucket{subscription=\"ship\",le=\"0.009\"} 1"
+            ),
+            "{text}"
+        );
+        let bounds: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("_bucket{"))
+            .filter_map(|line| line.split("le=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|bound| *bound != "+Inf")
+            .collect();
+        assert_eq!(bounds.len(), 32, "{text}");
+        for bound in bounds {
+            let decimals = bound.split('.').nth(1).unwrap_or_default();
+            assert!(decimals.len() <= 4, "le=\"{bound}\" in\n{text}");
+        }
+    }
+
+    #[test]
+    fn build_info_process_metrics_and_store_errors_are_exposed() {
+        let metrics = Metrics::default();
+        metrics.store_up("embedded", true);
+        let text = metrics.encode();
+        assert!(
+            text.contains("causeway_store_errors_total{store=\"embedded\"} 0"),
+            "{text}"
+        );
+        let version = env!("CARGO_PKG_VERSION");
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        assert!(
+            text.contains(&format!(
+                "causeway_build_info{{version=\"{version}\",profile=\"{profile}\"}} 1"
+            )),
+            "{text}"
+        );
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from\n{text}"));
+            line[name.len() + 1..].parse().unwrap()
+        };
+        assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_threads") >= 1.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} vs {now}"
+        );
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
         );
     }
 

@@ -301,7 +301,10 @@ mod flows {
         assert!(store.receipts("gone").await.unwrap().0.is_empty());
         assert_eq!(store.recent(10).await.unwrap(), ["kept"]);
         let swept = store.write(|txn| sweep(txn, now_ms())).await.unwrap();
-        assert_eq!(swept, 4, "both receipts of the expired flow and their events' flow ids");
+        assert_eq!(
+            swept, 4,
+            "both receipts of the expired flow and their events' flow ids"
+        );
         assert_eq!(store.receipts("kept").await.unwrap().0.len(), 1);
         // A later receipt extends the flow.
         store
