@@ -84,6 +84,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
         }
         None => (Arc::new(store.clone()), None),
     };
+    // Kept to the end, to wait for the file to be closed.
+    let closing = store.clone();
     let registry = Arc::new(Registry::load(config.subscriptions.clone(), store.clone())?);
     // Receipts go where dedup records go: Redis shares them with every sidecar using it.
     let flow_store: Arc<dyn FlowStore> = match &redis {
@@ -243,11 +245,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
     if let Some(probe_task) = probe_task {
         let _ = probe_task.await;
     }
+    if !closing.close(STORE_CLOSE).await {
+        warn!(
+            within_ms = millis(STORE_CLOSE),
+            "the store was still in use at exit; it is checked and repaired at the next start"
+        );
+    }
     match failure {
         Some(error) => Err(error),
         None => Ok(()),
     }
 }
+
+/// How long the drain waits for the store's file to be closed.
+const STORE_CLOSE: Duration = Duration::from_secs(5);
 
 /// Reads the schema directory again on each SIGHUP; a bad change keeps the old schemas.
 async fn reload_on_hangup(schemas: Arc<SchemaRegistry>, shutdown: CancellationToken) {

@@ -135,6 +135,8 @@ pub struct EmbeddedStore {
     claims: Arc<Mutex<HashMap<String, Instant>>>,
     /// Correlation ids queued for the file but not committed yet, by event id.
     uncommitted_correlations: Arc<Mutex<HashMap<String, String>>>,
+    /// The writer thread, which closes the file once every handle is gone.
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -163,13 +165,36 @@ impl EmbeddedStore {
             health,
         });
         let (writes, queue) = mpsc::channel(QUEUE);
-        writer::start(shared.clone(), path, db, queue)?;
+        let writer = writer::start(shared.clone(), path, db, queue)?;
         Ok(EmbeddedStore {
             shared,
             writes,
             claims: Arc::default(),
             uncommitted_correlations: Arc::default(),
+            writer: Arc::new(Mutex::new(Some(writer))),
         })
+    }
+
+    /// Drops this handle and waits, at most `within`, until the writer thread has closed the
+    /// file, which it does once every other handle is gone too; whether it did. A file closed
+    /// this way opens at the next start without redb's repair pass over the whole file.
+    pub async fn close(self, within: Duration) -> bool {
+        let writer = self.writer.clone();
+        drop(self);
+        let deadline = Instant::now() + within;
+        loop {
+            let finished = lock(&writer).as_ref().is_none_or(|w| w.is_finished());
+            if finished {
+                if let Some(thread) = lock(&writer).take() {
+                    let _ = thread.join();
+                }
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Runs a read on the open database. An I/O error marks the store failing and has the

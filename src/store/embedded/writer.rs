@@ -35,7 +35,7 @@ pub(super) fn start(
     path: PathBuf,
     db: Arc<Database>,
     queue: mpsc::Receiver<WriteRequest>,
-) -> Result<(), StoreError> {
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let writer = Writer {
         shared,
         path,
@@ -44,7 +44,6 @@ pub(super) fn start(
     std::thread::Builder::new()
         .name("causeway-store".into())
         .spawn(move || writer.run(db))
-        .map(drop)
         .map_err(|e| StoreError::Embedded(format!("cannot start the writer thread: {e}")))
 }
 
