@@ -364,8 +364,10 @@ fn an_invalid_schema_exits_64_naming_the_file() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
-    let logs = String::from_utf8_lossy(&output.stdout);
-    assert!(logs.contains("OrderPlaced/1.0.json"), "{logs}");
+    // A configuration error, on stderr like the others.
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(errors.contains("CAUSEWAY_SCHEMAS_DIR"), "{errors}");
+    assert!(errors.contains("OrderPlaced/1.0.json"), "{errors}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
