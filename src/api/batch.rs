@@ -305,7 +305,15 @@ fn cloud_item(raw: &RawValue) -> Result<PublishRequest, Vec<ItemError>> {
         Ok(event) => Ok(request_of(event, Default::default())),
         Err(Refused::Invalid(errors)) => Err(errors
             .into_iter()
-            .map(|e| ItemError::field(e.attribute, e.message))
+            .map(|e| {
+                // An item that is not an object at all is named as in a native batch.
+                let field = if e.attribute == "(body)" {
+                    Cow::Borrowed("item")
+                } else {
+                    Cow::Owned(e.attribute)
+                };
+                ItemError::field(field, e.message)
+            })
             .collect()),
         Err(Refused::Unsupported(why)) => Err(vec![ItemError::field("data", why)]),
     }

@@ -250,8 +250,15 @@ fn value_of(raw: &RawValue) -> Result<Option<Value>, &'static str> {
         Ok(serde_json::Value::Null) => Ok(None),
         Ok(serde_json::Value::String(text)) => Ok(Some(Value::Text(text))),
         Ok(serde_json::Value::Bool(value)) => Ok(Some(Value::Bool(value))),
+        // JSON Schema counts 1.0 as an integer; so does this.
         Ok(serde_json::Value::Number(number)) => number
             .as_i64()
+            .or_else(|| {
+                number
+                    .as_f64()
+                    .filter(|n| n.fract() == 0.0 && n.abs() < 9.0e15)
+                    .map(|n| n as i64)
+            })
             .map(|n| Some(Value::Int(n)))
             .ok_or("must be an integer"),
         _ => Err("must be a string, an integer or a boolean"),

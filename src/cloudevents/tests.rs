@@ -192,7 +192,7 @@ fn a_structured_event_keeps_typed_extensions_and_refuses_binary_data() {
     let event = from_structured(
         br#"{"specversion":"1.0","id":"3f0c9e5a-3b5e-4b8e-9a55-2d0f3c1e7a10",
              "source":"/orders","type":"OrderPlaced","subject":null,
-             "schemaversion":"2.0","flag":true,"count":-5,"data":null}"#,
+             "schemaversion":"2.0","flag":true,"count":-5,"whole":2.0,"data":null}"#,
     )
     .unwrap();
     assert_eq!(
@@ -210,6 +210,11 @@ fn a_structured_event_keeps_typed_extensions_and_refuses_binary_data() {
         event.attributes.extensions.get("count"),
         Some(&ExtensionValue::Int(-5))
     );
+    assert_eq!(
+        event.attributes.extensions.get("whole"),
+        Some(&ExtensionValue::Int(2)),
+        "JSON Schema's integers include 2.0"
+    );
     assert_eq!(event.data.get(), "null");
 
     let base64 = from_structured(
@@ -226,12 +231,12 @@ fn a_structured_event_keeps_typed_extensions_and_refuses_binary_data() {
     assert!(matches!(xml, Refused::Unsupported(_)), "{xml:?}");
     let twice = from_structured(
         br#"{"specversion":"1.0","id":"1","id":"2","source":"/s","type":"T","big":4294967296,
-             "nested":{"a":1}}"#,
+             "nested":{"a":1},"half":0.5}"#,
     )
     .unwrap_err();
     let mut named = attributes_of_errors(twice);
     named.sort();
-    assert_eq!(named, ["big", "id", "nested"]);
+    assert_eq!(named, ["big", "half", "id", "nested"]);
     let array = from_structured(b"[]").unwrap_err();
     assert!(array.to_string().contains("cloudevents-batch"), "{array}");
 }
