@@ -300,11 +300,18 @@ pub fn binary_headers(envelope: &Envelope, trace: &TraceContext) -> Vec<(HeaderN
     let attributes = attributes_of(envelope, trace);
     let mut headers = Vec::with_capacity(attributes.len() + 1);
     for (name, value) in &attributes {
-        let Ok(name) = HeaderName::from_bytes(format!("{PREFIX}{name}").as_bytes()) else {
+        let Some(name) = header_name(name) else {
             continue;
         };
+        let text = value.as_text();
+        // Most values need no escape: they are copied once, not encoded first.
+        let value = if needs_encoding(&text) {
+            HeaderValue::from_str(&encode_header(&text))
+        } else {
+            HeaderValue::from_str(&text)
+        };
         // Percent-encoded text is printable ASCII: always a valid header value.
-        if let Ok(value) = HeaderValue::from_str(&encode_header(&value.as_text())) {
+        if let Ok(value) = value {
             headers.push((name, value));
         }
     }
@@ -312,6 +319,32 @@ pub fn binary_headers(envelope: &Envelope, trace: &TraceContext) -> Vec<(HeaderN
         .unwrap_or(HeaderValue::from_static("application/json"));
     headers.push((CONTENT_TYPE, content_type));
     headers
+}
+
+/// `ce-{attribute}`: a constant for the attributes every delivery has, built for the rest.
+fn header_name(attribute: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match attribute {
+        "specversion" => "ce-specversion",
+        "id" => "ce-id",
+        "source" => "ce-source",
+        "type" => "ce-type",
+        "time" => "ce-time",
+        "subject" => "ce-subject",
+        "dataschema" => "ce-dataschema",
+        "correlationid" => "ce-correlationid",
+        "causationid" => "ce-causationid",
+        "schemaversion" => "ce-schemaversion",
+        "traceparent" => "ce-traceparent",
+        "tracestate" => "ce-tracestate",
+        other => return HeaderName::from_bytes(format!("{PREFIX}{other}").as_bytes()).ok(),
+    }))
+}
+
+/// Whether `value` has a character the binding percent-encodes.
+pub(super) fn needs_encoding(value: &str) -> bool {
+    value
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'%')
 }
 
 /// An envelope as a structured CloudEvent in JSON: every attribute as a member, the payload

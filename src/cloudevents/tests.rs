@@ -563,6 +563,7 @@ proptest! {
         let encoded = encode_header(&text);
         prop_assert!(HeaderValue::from_str(&encoded).is_ok());
         prop_assert!(encoded.bytes().all(|b| b.is_ascii_graphic()));
+        prop_assert_eq!(super::http::needs_encoding(&text), encoded != text);
         prop_assert_eq!(decode_header(encoded.as_bytes()), Some(text));
     }
 
