@@ -13,7 +13,10 @@ use super::{
     },
     *,
 };
-use crate::amqp::text_header;
+use crate::{
+    amqp::text_header,
+    envelope::{Envelope, ExtensionValue, SchemaVersion, TraceContext},
+};
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
