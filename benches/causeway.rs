@@ -5,12 +5,15 @@
 //! 2. delivery: raw consume + ack vs causeway's delivery to a local app (dedup on disk);
 //! 3. the sidecar's peak RSS and CPU seconds per 1,000 events;
 //! 4. publish with every span sampled and exported vs spans off;
-//! 5. publish and delivery with flow receipts written vs not (`CAUSEWAY_FLOW_RECEIPTS`).
+//! 5. publish and delivery with flow receipts written vs not (`CAUSEWAY_FLOW_RECEIPTS`);
+//! 6. publish as CloudEvents in binary mode vs native, and delivery in the
+//!    `cloudevents-binary` format vs causeway's.
 //!
 //! It prints a table and writes JSON (`BENCH_JSON`, default target/bench/causeway.json).
 //! Numbers are ratios against the baseline measured in the same run: the machine is shared.
 //!
-//! Settings (environment): `BENCH_ONLY=publish,delivery,tracing,receipts` runs some parts only;
+//! Settings (environment): `BENCH_ONLY=publish,delivery,tracing,receipts,cloudevents` runs some
+//! parts only;
 //! `BENCH_SINK=quorum` publishes into a quorum queue instead of a classic one;
 //! `CAUSEWAY_WORKER_THREADS` is passed to the sidecar; `BENCH_SIDECAR_BIN` measures another
 //! build of the binary; `BENCH_PERF=dir` records the sidecar with `perf record`.
@@ -200,7 +203,7 @@ async fn bench() {
         );
         let raw = raw_consume(&connection, &admin, &id).await;
         let (via, delivery_cpu, delivery_rss) =
-            sidecar_delivery(&connection, &admin, &id, "d", &[]).await;
+            sidecar_delivery(&connection, &admin, &id, "d", &[], "").await;
         let ratio = via.rate() / raw.rate();
         println!(
             "raw consume+ack {:>8.0}/s | causeway delivery {:>8.0}/s | ratio {ratio:.2}",
@@ -247,6 +250,14 @@ async fn bench() {
             "\n5. flow receipts (embedded store): publish at 64 clients and delivery, written vs off"
         );
         report["receipts"] = receipts_cost(&connection, &admin, &id, &exchange, &sink).await;
+    }
+
+    if wanted("cloudevents") {
+        println!(
+            "\n6. CloudEvents: publish at 64 clients (binary mode vs native) and delivery \
+             (cloudevents-binary vs causeway's format)"
+        );
+        report["cloudevents"] = cloudevents_cost(&connection, &admin, &id, &exchange, &sink).await;
     }
 
     let _ = admin
@@ -464,11 +475,16 @@ fn hand_rolled(payload: &[u8]) -> (Vec<u8>, BasicProperties) {
 /// only as far as its status and length. The benchmark measures the sidecar, and every
 /// microsecond a heavier client spends is taken from the broker on this shared machine.
 async fn http_publish(api: &str, clients: usize) -> Sample {
+    http_publish_with(api, clients, "").await
+}
+
+/// [`http_publish`] with `headers` (whole header lines) added to every request.
+async fn http_publish_with(api: &str, clients: usize, headers: &str) -> Sample {
     let addr = api.trim_start_matches("http://").to_owned();
     let body = payload();
     let request = Arc::new(
         format!(
-            "POST /v1/publish/Bench HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /v1/publish/Bench HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes(),
@@ -630,13 +646,15 @@ async fn raw_consume(connection: &Connection, admin: &Channel, id: &str) -> Samp
 }
 
 /// Causeway's delivery of a preloaded backlog to a local app answering 200, by a sidecar
-/// named after `tag` with `extra` settings.
+/// named after `tag` with `extra` settings and `subscription` lines added to its
+/// subscription.
 async fn sidecar_delivery(
     connection: &Connection,
     admin: &Channel,
     id: &str,
     tag: &str,
     extra: &[(&'static str, String)],
+    subscription: &str,
 ) -> (Sample, f64, f64) {
     let received = Arc::new(AtomicU64::new(0));
     let app = app(received.clone()).await;
@@ -647,7 +665,9 @@ async fn sidecar_delivery(
     let config = format!("{data}/causeway.toml");
     std::fs::write(
         &config,
-        "[[subscriptions]]\nname = \"sink\"\nevent_type = \"Bench\"\nroute = \"/e\"\nconcurrency = 256\n",
+        format!(
+            "[[subscriptions]]\nname = \"sink\"\nevent_type = \"Bench\"\nroute = \"/e\"\nconcurrency = 256\n{subscription}"
+        ),
     )
     .unwrap();
     let mut env = vec![
@@ -741,7 +761,7 @@ async fn receipts_cost(
             let _ = std::fs::remove_dir_all(&data);
             let tag = format!("r{round}{on}");
             let extra = [("CAUSEWAY_FLOW_RECEIPTS", on.to_owned())];
-            let (sample, cpu, _) = sidecar_delivery(connection, admin, id, &tag, &extra).await;
+            let (sample, cpu, _) = sidecar_delivery(connection, admin, id, &tag, &extra, "").await;
             delivery[slot].push((sample.rate(), cpu / sample.count as f64 * 1000.0));
         }
     }
@@ -769,6 +789,65 @@ async fn receipts_cost(
                     "off_cpu_seconds_per_1000": publish_off_cpu, "on_cpu_seconds_per_1000": publish_on_cpu},
         "delivery": {"off_rate": delivery_off, "on_rate": delivery_on, "ratio": delivery_on / delivery_off,
                      "off_cpu_seconds_per_1000": delivery_off_cpu, "on_cpu_seconds_per_1000": delivery_on_cpu},
+    })
+}
+
+/// The attributes of a CloudEvent in HTTP binary mode, as header lines (the body is the
+/// same payload as the native publish's).
+const CLOUDEVENT_HEADERS: &str = "ce-specversion: 1.0\r\nce-id: bench-0001\r\nce-source: https://bench.example/orders\r\nce-type: Bench\r\nce-time: 2026-11-27T12:00:00Z\r\n";
+
+/// Publish at 64 clients, native and as CloudEvents in binary mode, and delivery in
+/// causeway's format and in `cloudevents-binary`, twice in turn (native, CloudEvents,
+/// native, CloudEvents) so that drift in the machine's load hits both alike.
+async fn cloudevents_cost(
+    connection: &Connection,
+    admin: &Channel,
+    id: &str,
+    exchange: &str,
+    sink: &str,
+) -> Value {
+    let mut publish = [Vec::new(), Vec::new()];
+    let mut delivery = [Vec::new(), Vec::new()];
+    for round in 0..2 {
+        for (slot, headers, format) in [
+            (0, "", ""),
+            (1, CLOUDEVENT_HEADERS, "format = \"cloudevents-binary\"\n"),
+        ] {
+            let data = tempdir(id, &format!("cloudevents-{round}-{slot}"));
+            let sidecar = Sidecar::start(&[
+                ("CAUSEWAY_SERVICE", format!("bench-{id}-ce")),
+                ("CAUSEWAY_EXCHANGE", exchange.to_owned()),
+                ("CAUSEWAY_UNROUTED_QUEUE", format!("bench.{id}.unrouted")),
+                ("CAUSEWAY_DATA_DIR", data.clone()),
+                ("OTEL_TRACES_SAMPLER", "always_off".into()),
+            ]);
+            sidecar.wait_ready().await;
+            let sample = http_publish_with(&sidecar.api, 64, headers).await;
+            publish[slot].push(sample.rate());
+            purge(admin, sink).await;
+            drop(sidecar);
+            let _ = std::fs::remove_dir_all(&data);
+            let tag = format!("c{round}{slot}");
+            let (sample, _, _) = sidecar_delivery(connection, admin, id, &tag, &[], format).await;
+            delivery[slot].push(sample.rate());
+        }
+    }
+    let mean = |runs: &[f64]| runs.iter().sum::<f64>() / runs.len() as f64;
+    let (publish_native, publish_ce) = (mean(&publish[0]), mean(&publish[1]));
+    let (delivery_native, delivery_ce) = (mean(&delivery[0]), mean(&delivery[1]));
+    println!(
+        "publish:  native {publish_native:>8.0}/s | CloudEvents {publish_ce:>8.0}/s | ratio {:.3}",
+        publish_ce / publish_native
+    );
+    println!(
+        "delivery: native {delivery_native:>8.0}/s | CloudEvents {delivery_ce:>8.0}/s | ratio {:.3}",
+        delivery_ce / delivery_native
+    );
+    json!({
+        "publish": {"native_rate": publish_native, "cloudevents_rate": publish_ce,
+                    "ratio": publish_ce / publish_native, "runs": publish},
+        "delivery": {"native_rate": delivery_native, "cloudevents_rate": delivery_ce,
+                     "ratio": delivery_ce / delivery_native, "runs": delivery},
     })
 }
 

@@ -1,7 +1,7 @@
 //! The event envelope: the wire type on the broker, its AMQP properties and routing key.
 //! No I/O happens here.
 
-use std::{fmt, str::FromStr, time::SystemTime};
+use std::{collections::BTreeMap, fmt, str::FromStr, time::SystemTime};
 
 use lapin::{
     BasicProperties,
@@ -32,6 +32,66 @@ pub struct Envelope {
     pub source: String,
     /// The app's JSON payload, kept byte for byte.
     pub payload: Box<RawValue>,
+    /// The CloudEvents attributes the event came with that have no field above; absent for
+    /// an event published natively (see docs/cloudevents.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudevents: Option<Box<CloudEventAttributes>>,
+}
+
+/// What a CloudEvent carried beyond the envelope's own fields, kept to give it back to
+/// consumers: `id` and `source` as the producer wrote them, `subject`, `dataschema`,
+/// `datacontenttype`, and its extensions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudEventAttributes {
+    /// `id`, when it is not the event id's canonical form (it was not a UUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `source`, when it is not the envelope's `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `dataschema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// `datacontenttype`, when it is not plain `application/json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// Extension attributes other than those the envelope has fields for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extensions: BTreeMap<String, ExtensionValue>,
+}
+
+impl CloudEventAttributes {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        *self == CloudEventAttributes::default()
+    }
+}
+
+/// The value of a CloudEvents extension attribute: JSON carries booleans and integers as
+/// such, HTTP headers and most AMQP producers carry text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExtensionValue {
+    /// `Boolean`.
+    Bool(bool),
+    /// `Integer` (32-bit in CloudEvents; wider values from other producers are kept).
+    Int(i64),
+    /// Every other type, in its canonical string form.
+    Text(String),
+}
+
+impl fmt::Display for ExtensionValue {
+    /// The canonical string form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExtensionValue::Bool(value) => write!(f, "{value}"),
+            ExtensionValue::Int(value) => write!(f, "{value}"),
+            ExtensionValue::Text(value) => f.write_str(value),
+        }
+    }
 }
 
 /// Who an event is: the envelope without its source and payload. It is what a publish
@@ -124,6 +184,7 @@ impl Envelope {
             occurred_at: identity.occurred_at,
             source: source.to_owned(),
             payload,
+            cloudevents: None,
         }
     }
 
@@ -153,7 +214,15 @@ impl Envelope {
     /// The AMQP properties that mirror the envelope, so that brokers and tools can route and
     /// inspect events without parsing bodies.
     pub fn properties(&self, trace: &TraceContext) -> Result<BasicProperties, EnvelopeError> {
-        let mut headers = FieldTable::default();
+        self.properties_with(trace, FieldTable::default())
+    }
+
+    /// The same, with `headers` besides the envelope's own (the CloudEvents binding's).
+    pub fn properties_with(
+        &self,
+        trace: &TraceContext,
+        mut headers: FieldTable,
+    ) -> Result<BasicProperties, EnvelopeError> {
         if let Some(causation_id) = &self.causation_id {
             headers.insert("causation_id".into(), text(causation_id));
         }

@@ -7,6 +7,8 @@
 //! - [`api`]: the app-facing HTTP API and the admin listener; errors as problem+json.
 //! - [`publish`]: the publish path without HTTP: envelope, idempotency keys, confirm.
 //! - [`envelope`]: the wire type, its AMQP properties and routing key; no I/O.
+//! - [`cloudevents`]: CloudEvents 1.0 attributes to and from the envelope, over HTTP and
+//!   AMQP; no I/O.
 //! - [`payload`]: the payload grammar (finite numbers, unique names, bounded nesting).
 //! - [`schema`]: the schema registry and validation.
 //! - [`broker`]: the connection with reconnects, topology, and confirmed publishing.
@@ -22,6 +24,7 @@ pub mod amqp;
 pub mod api;
 pub mod broker;
 pub mod cli;
+pub mod cloudevents;
 pub mod config;
 pub mod delivery;
 pub mod envelope;

@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use crate::{
     broker::{PendingConfirm, PublishError, Publisher},
-    envelope::{Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339},
+    envelope::{
+        CloudEventAttributes, Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339,
+    },
     flow::{EventFacts, Kind, Receipt, Receipts},
     key_locks::{KeyGuard, KeyLocks},
     schema::{Invalid, SchemaRegistry},
@@ -40,6 +42,19 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
     /// The trace to continue.
     pub trace: TraceContext,
+    /// What the event brings of its own when it came as a CloudEvent.
+    pub given: Option<Box<Given>>,
+}
+
+/// What an event published as a CloudEvent brings of its own (see docs/cloudevents.md).
+#[derive(Debug)]
+pub struct Given {
+    /// Its event id, from its `id`.
+    pub event_id: Uuid,
+    /// Its `time`, as `occurred_at` carries it.
+    pub occurred_at: Option<String>,
+    /// The attributes the envelope keeps to give back.
+    pub attributes: CloudEventAttributes,
 }
 
 /// The answer to an accepted publish: who the new event is.
@@ -325,26 +340,41 @@ impl PublishService {
         }
     }
 
-    /// Builds the envelope, reusing the identity of an unconfirmed earlier attempt.
+    /// Builds the envelope, reusing the identity of an unconfirmed earlier attempt. A
+    /// CloudEvent keeps its id and time, and without a correlation id starts a flow named
+    /// after its id, so that sending it again builds the same envelope.
     fn envelope(
         &self,
         request: PublishRequest,
         earlier: Option<&IdempotencyRecord>,
     ) -> (Envelope, TraceContext) {
+        let given = request.given.map(|given| *given);
         let identity = match earlier {
             Some(record) => record.event.clone(),
-            None => EventIdentity {
-                event_id: Uuid::now_v7(),
-                event_type: request.event_type,
-                schema_version: request.schema_version.unwrap_or(SchemaVersion::DEFAULT),
-                correlation_id: request
-                    .correlation_id
-                    .unwrap_or_else(|| Uuid::now_v7().to_string()),
-                causation_id: request.causation_id,
-                occurred_at: now_rfc3339(),
-            },
+            None => {
+                let event_id = given.as_ref().map_or_else(Uuid::now_v7, |g| g.event_id);
+                let correlation_id = request.correlation_id.unwrap_or_else(|| match &given {
+                    Some(_) => event_id.to_string(),
+                    None => Uuid::now_v7().to_string(),
+                });
+                EventIdentity {
+                    event_id,
+                    event_type: request.event_type,
+                    schema_version: request.schema_version.unwrap_or(SchemaVersion::DEFAULT),
+                    correlation_id,
+                    causation_id: request.causation_id,
+                    occurred_at: given
+                        .as_ref()
+                        .and_then(|g| g.occurred_at.clone())
+                        .unwrap_or_else(now_rfc3339),
+                }
+            }
         };
-        let envelope = Envelope::new(identity, &self.source, request.payload);
+        let mut envelope = Envelope::new(identity, &self.source, request.payload);
+        envelope.cloudevents = given
+            .map(|g| g.attributes)
+            .filter(|a| !a.is_empty())
+            .map(Box::new);
         (envelope, request.trace)
     }
 
@@ -380,7 +410,7 @@ impl PublishService {
         }
         // Without tracing installed, the caller's context passes through unchanged.
         let trace = trace_of(&span).unwrap_or(trace);
-        let properties = envelope.properties(&trace)?;
+        let properties = crate::cloudevents::amqp::properties(&envelope, &trace)?;
         let in_flight = self.metrics.in_flight("publish");
         let identity = envelope.identity();
         let started = self

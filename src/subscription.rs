@@ -49,6 +49,23 @@ pub struct SubscriptionSpec {
     /// with reason `schema`.
     #[serde(default)]
     pub validate: bool,
+    /// What the app receives: causeway's envelope (the default), or a CloudEvent in HTTP
+    /// binary or structured mode (see docs/cloudevents.md).
+    #[serde(default)]
+    pub format: DeliveryFormat,
+}
+
+/// How events reach the app.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryFormat {
+    /// The envelope as the body (`application/json`).
+    #[default]
+    Causeway,
+    /// The payload as the body, the attributes in `ce-*` headers.
+    CloudeventsBinary,
+    /// One `application/cloudevents+json` object: the attributes and the payload as `data`.
+    CloudeventsStructured,
 }
 
 /// An optional field that, when present, must hold a value: `null` is an error, not "absent"
@@ -266,6 +283,32 @@ mod tests {
         assert_eq!(s.concurrency, 16);
         assert!(!s.ordered);
         assert_eq!(s.timeout_ms, 10_000);
+        assert_eq!(s.format, DeliveryFormat::Causeway);
+    }
+
+    #[test]
+    fn formats_are_named_and_unknown_ones_refused() {
+        for (name, format) in [
+            ("causeway", DeliveryFormat::Causeway),
+            ("cloudevents-binary", DeliveryFormat::CloudeventsBinary),
+            (
+                "cloudevents-structured",
+                DeliveryFormat::CloudeventsStructured,
+            ),
+        ] {
+            let s = spec(&format!(
+                r#"{{"event_type":"A","route":"/a","format":"{name}"}}"#
+            ));
+            assert_eq!(s.format, format);
+            let json = serde_json::to_value(&s).unwrap();
+            assert_eq!(json["format"], name);
+        }
+        let error = serde_json::from_str::<SubscriptionSpec>(
+            r#"{"event_type":"A","route":"/a","format":"cloudevents"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("cloudevents-binary"), "{error}");
     }
 
     #[test]

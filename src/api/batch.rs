@@ -1,6 +1,7 @@
-//! `POST /v1/publish`: many events in one request, all checked before any is published.
+//! `POST /v1/publish`: many events in one request (native items, or a CloudEvents batch),
+//! all checked before any is published; a single CloudEvent is published as one event.
 
-use std::collections::HashSet;
+use std::{borrow::Cow, collections::HashSet};
 
 use axum::{
     Json,
@@ -18,9 +19,16 @@ use super::{
     ApiState,
     body::{read_body, require_json},
     problem::Problem,
-    publish::{answered, is_printable_within, outcome_of, problem_for, server_span, trace_context},
+    publish::{
+        answered, is_printable_within, outcome_of, problem_for, publish_one, request_of,
+        server_span, trace_context,
+    },
 };
 use crate::{
+    cloudevents::{
+        Refused,
+        http::{Mode, batch_items, from_item, mode_of},
+    },
     envelope::{SchemaVersion, is_valid_event_type},
     publish::{Accepted, PublishRequest},
     schema::Invalid,
@@ -48,8 +56,9 @@ struct Item {
 /// What is wrong with one field of an item (or its payload, by `instance_path`).
 #[derive(Debug, Serialize)]
 struct ItemError {
+    /// The item's field, or the CloudEvent's attribute.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'static str>,
+    field: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance_path: Option<String>,
     message: String,
@@ -60,9 +69,9 @@ struct ItemError {
 }
 
 impl ItemError {
-    fn field(field: &'static str, message: impl Into<String>) -> Self {
+    fn field(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ItemError {
-            field: Some(field),
+            field: Some(field.into()),
             instance_path: None,
             message: message.into(),
             malformed: false,
@@ -76,7 +85,7 @@ impl ItemError {
             .violations()
             .into_iter()
             .map(|v| ItemError {
-                field: Some("payload"),
+                field: Some("payload".into()),
                 instance_path: Some(v.instance_path),
                 message: v.message,
                 malformed,
@@ -88,15 +97,22 @@ impl ItemError {
 /// Publishes every event, in order, or none when any is invalid: 200 when all were
 /// confirmed, 207 when the broker failed some (each result says which), 422 when any is
 /// invalid, 400 when any payload is outside the payload grammar (each result says what is
-/// wrong; nothing was published).
+/// wrong; nothing was published). A single CloudEvent (binary or structured mode) is
+/// published as `POST /v1/publish/{event_type}` would, with its `type` as the event type.
 pub(super) async fn publish_batch(
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mode = mode_of(&headers);
+    if matches!(mode, Ok(Mode::Binary | Mode::Structured)) {
+        return publish_one(&state, "/v1/publish", Ok(None), headers, body)
+            .await
+            .into_response();
+    }
     let started = Instant::now();
     let span = server_span("/v1/publish", &headers);
-    let answer = handle(&state, &headers, body)
+    let answer = handle(&state, &headers, body, mode)
         .instrument(span.clone())
         .await;
     let (status, problem) = match &answer {
@@ -134,6 +150,7 @@ async fn handle(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
+    mode: Result<Mode, Refused>,
 ) -> Result<(StatusCode, Results), Problem> {
     if state.health.is_draining() {
         return Err(Problem::unavailable(
@@ -141,16 +158,21 @@ async fn handle(
             1,
         ));
     }
+    let cloudevents = mode.map_err(super::publish::cloudevent_problem)? == Mode::Batch;
     require_json(headers)?;
     let bytes = read_body(body, headers, state.max_body).await?;
     // Items borrowed from the body: each payload is copied once, into its request.
-    let raw: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|error| {
-        if error.is_data() {
-            Problem::unprocessable("the body must be a JSON array of events")
-        } else {
-            Problem::bad_request(format!("the body is not valid JSON: {error}"))
-        }
-    })?;
+    let raw: Vec<&RawValue> = if cloudevents {
+        batch_items(&bytes).map_err(super::publish::cloudevent_problem)?
+    } else {
+        serde_json::from_slice(&bytes).map_err(|error| {
+            if error.is_data() {
+                Problem::unprocessable("the body must be a JSON array of events")
+            } else {
+                Problem::bad_request(format!("the body is not valid JSON: {error}"))
+            }
+        })?
+    };
     if raw.is_empty() || raw.len() > MAX_ITEMS {
         return Err(Problem::unprocessable(format!(
             "a batch holds 1 to {MAX_ITEMS} events; this one has {}",
@@ -162,7 +184,11 @@ async fn handle(
     let checked: Vec<Result<PublishRequest, Vec<ItemError>>> = raw
         .iter()
         .map(|item| {
-            let mut request = parse(item, &mut keys)?;
+            let mut request = if cloudevents {
+                cloud_item(item)?
+            } else {
+                parse(item, &mut keys)?
+            };
             request.trace = trace.clone();
             state
                 .publish
@@ -269,7 +295,28 @@ fn parse(raw: &RawValue, keys: &mut HashSet<String>) -> Result<PublishRequest, V
         causation_id: item.causation_id,
         idempotency_key: item.idempotency_key,
         trace: Default::default(),
+        given: None,
     })
+}
+
+/// One CloudEvent of a batch: each bad attribute named in the item's errors.
+fn cloud_item(raw: &RawValue) -> Result<PublishRequest, Vec<ItemError>> {
+    match from_item(raw) {
+        Ok(event) => Ok(request_of(event, Default::default())),
+        Err(Refused::Invalid(errors)) => Err(errors
+            .into_iter()
+            .map(|e| {
+                // An item that is not an object at all is named as in a native batch.
+                let field = if e.attribute == "(body)" {
+                    Cow::Borrowed("item")
+                } else {
+                    Cow::Owned(e.attribute)
+                };
+                ItemError::field(field, e.message)
+            })
+            .collect()),
+        Err(Refused::Unsupported(why)) => Err(vec![ItemError::field("data", why)]),
+    }
 }
 
 fn result_json((index, result): (usize, Result<Accepted, Problem>)) -> Value {

@@ -18,29 +18,67 @@ use super::{
 };
 use crate::{
     broker::PublishError,
+    cloudevents::{
+        AttributeError, CloudEvent, Refused,
+        http::{Mode, decode_header, from_binary, from_structured, mode_of},
+    },
     envelope::{SchemaVersion, TraceContext, is_valid_event_type},
     payload::Malformed,
-    publish::{Accepted, PublishRequest, Rejected},
+    publish::{Accepted, Given, PublishRequest, Rejected},
     schema::Invalid,
     telemetry::{TraceExt, current_trace_id},
 };
 
 /// Publishes one event in a SERVER span that continues the caller's trace; answers 202
-/// once the broker confirmed it.
+/// once the broker confirmed it. The event is native (the body is the payload) or a
+/// CloudEvent in binary or structured mode, whose `type` must be the path's.
 pub(super) async fn publish(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    let path = path.map(|Path(event_type)| Some(event_type));
+    publish_one(&state, "/v1/publish/{event_type}", path, headers, body).await
+}
+
+/// One event, from `route`; `path` is the event type the path names, if it names one.
+pub(super) async fn publish_one(
+    state: &ApiState,
+    route: &'static str,
+    path: Result<Option<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Accepted>), Problem> {
     let started = Instant::now();
-    let event_type = match &path {
-        Ok(Path(event_type)) if is_valid_event_type(event_type) => event_type.clone(),
-        _ => "invalid".to_owned(),
+    let path_label = match &path {
+        Ok(Some(event_type)) if is_valid_event_type(event_type) => Some(event_type.clone()),
+        _ => None,
     };
-    let span = server_span("/v1/publish/{event_type}", &headers);
-    span.record("causeway.event_type", event_type.as_str());
-    let answer = handle(&state, path, headers, body)
+    let mode = mode_of(&headers);
+    // A structured CloudEvent may carry its trace context in its body (the Distributed
+    // Tracing extension): it is read before the span starts, so that the span continues it
+    // when the request has no traceparent of its own.
+    let incoming = match mode {
+        Ok(Mode::Structured) => Incoming::Structured(
+            read_body(body, &headers, state.max_body)
+                .await
+                .and_then(|bytes| from_structured(&bytes).map_err(cloudevent_problem))
+                .map(Box::new),
+        ),
+        _ => Incoming::Body(body),
+    };
+    let trace = match &incoming {
+        Incoming::Structured(Ok(event)) if !headers.contains_key("traceparent") => {
+            event.trace.clone()
+        }
+        _ => trace_context(&headers),
+    };
+    let span = server_span_for(route, &trace);
+    if let Some(event_type) = &path_label {
+        span.record("causeway.event_type", event_type.as_str());
+    }
+    let answer = handle(state, path, headers, incoming, mode, trace)
         .instrument(span.clone())
         .await;
     let status = match &answer {
@@ -48,14 +86,29 @@ pub(super) async fn publish(
         Err(problem) => problem.status,
     };
     answered(&span, status, answer.as_ref().err());
+    let label = match &answer {
+        Ok(accepted) => accepted.event_type.as_str(),
+        Err(_) => path_label.as_deref().unwrap_or("invalid"),
+    };
     state
         .metrics
-        .publish(&event_type, outcome_of(status), started.elapsed());
-    answer
+        .publish(label, outcome_of(status), started.elapsed());
+    answer.map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// A request body: still to read, or a structured CloudEvent read already.
+enum Incoming {
+    Body(Body),
+    Structured(Result<Box<CloudEvent>, Problem>),
 }
 
 /// The SERVER span of a publish request, continuing the caller's trace.
 pub(super) fn server_span(route: &'static str, headers: &HeaderMap) -> Span {
+    server_span_for(route, &trace_context(headers))
+}
+
+/// The SERVER span of a publish request, continuing `trace`.
+fn server_span_for(route: &'static str, trace: &TraceContext) -> Span {
     let span = info_span!(
         "publish",
         otel.name = %format!("POST {route}"),
@@ -67,7 +120,7 @@ pub(super) fn server_span(route: &'static str, headers: &HeaderMap) -> Span {
         http.response.status_code = Empty,
         causeway.event_type = Empty,
     );
-    span.continue_trace(&trace_context(headers));
+    span.continue_trace(trace);
     span
 }
 
@@ -92,37 +145,132 @@ pub(super) fn outcome_of(status: StatusCode) -> &'static str {
 
 async fn handle(
     state: &ApiState,
-    path: Result<Path<String>, PathRejection>,
+    path: Result<Option<String>, PathRejection>,
     headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    incoming: Incoming,
+    mode: Result<Mode, Refused>,
+    trace: TraceContext,
+) -> Result<Accepted, Problem> {
     if state.health.is_draining() {
         return Err(Problem::unavailable(
             "the sidecar is shutting down; nothing was published",
             1,
         ));
     }
-    let Path(event_type) = path.map_err(|e| Problem::bad_request(e.body_text()))?;
-    if !is_valid_event_type(&event_type) {
+    let path = path.map_err(|e| Problem::bad_request(e.body_text()))?;
+    if let Some(event_type) = path.as_deref().filter(|t| !is_valid_event_type(t)) {
         return Err(Problem::bad_request(format!(
             "event type {event_type:?} must match ^[A-Za-z][A-Za-z0-9_.-]{{0,127}}$"
         )));
     }
-    require_json(&headers)?;
+    let mode = mode.map_err(cloudevent_problem)?;
     let fields = HeaderFields::parse(&headers)?;
-    let bytes = read_body(body, &headers, state.max_body).await?;
-    let payload: Box<RawValue> = serde_json::from_slice(&bytes)
-        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
-
-    let request = PublishRequest {
-        event_type,
-        payload,
-        schema_version: fields.schema_version,
-        correlation_id: fields.correlation_id,
-        causation_id: fields.causation_id,
-        idempotency_key: fields.idempotency_key,
-        trace: fields.trace,
+    let event = match (mode, incoming) {
+        (_, Incoming::Structured(event)) => *event?,
+        (Mode::Binary, Incoming::Body(body)) => {
+            let bytes = read_body(body, &headers, state.max_body).await?;
+            from_binary(&headers, &bytes).map_err(cloudevent_problem)?
+        }
+        (Mode::Batch, _) => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "a batch of CloudEvents goes to POST /v1/publish",
+            ));
+        }
+        (_, Incoming::Body(body)) => {
+            let Some(event_type) = path else {
+                return Err(Problem::bad_request(
+                    "POST /v1/publish takes a JSON array of events, or a CloudEvent",
+                ));
+            };
+            require_json(&headers)?;
+            let bytes = read_body(body, &headers, state.max_body).await?;
+            let payload: Box<RawValue> = serde_json::from_slice(&bytes)
+                .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?;
+            let request = PublishRequest {
+                event_type,
+                payload,
+                schema_version: fields.schema_version,
+                correlation_id: fields.correlation_id,
+                causation_id: fields.causation_id,
+                idempotency_key: fields.idempotency_key,
+                trace,
+                given: None,
+            };
+            return send(state, request).await;
+        }
     };
+    if let Some(event_type) = path.filter(|t| *t != event.event_type) {
+        let name = if mode == Mode::Binary {
+            "ce-type"
+        } else {
+            "type"
+        };
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event-type-mismatch",
+            "Event type mismatch",
+            format!(
+                "the path names event type {event_type:?} and the CloudEvent's {name} is {:?}: \
+                 they must be the same (or publish to POST /v1/publish)",
+                event.event_type
+            ),
+        )
+        .with_errors([AttributeError {
+            attribute: name.to_owned(),
+            message: format!("must be {event_type:?}, as the path says"),
+        }]));
+    }
+    let mut request = request_of(event, trace);
+    // The X- headers fill in what the CloudEvent leaves out.
+    request.schema_version = request.schema_version.or(fields.schema_version);
+    request.correlation_id = request.correlation_id.or(fields.correlation_id);
+    request.causation_id = request.causation_id.or(fields.causation_id);
+    request.idempotency_key = fields.idempotency_key;
+    send(state, request).await
+}
+
+/// The publish request of a checked CloudEvent.
+pub(super) fn request_of(event: CloudEvent, trace: TraceContext) -> PublishRequest {
+    PublishRequest {
+        event_type: event.event_type,
+        payload: event.data,
+        schema_version: event.schema_version,
+        correlation_id: event.correlation_id,
+        causation_id: event.causation_id,
+        idempotency_key: None,
+        trace,
+        given: Some(Box::new(Given {
+            event_id: event.event_id,
+            occurred_at: event.occurred_at,
+            attributes: event.attributes,
+        })),
+    }
+}
+
+/// 400 naming each bad attribute, or 415 for data that is not JSON.
+pub(super) fn cloudevent_problem(refused: Refused) -> Problem {
+    match refused {
+        Refused::Invalid(errors) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-cloudevent",
+            "Invalid CloudEvent",
+            Refused::Invalid(errors.clone()).to_string(),
+        )
+        .with_errors(errors),
+        Refused::Unsupported(why) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            why,
+        ),
+    }
+}
+
+/// Publishes a checked request and logs it.
+async fn send(state: &ApiState, request: PublishRequest) -> Result<Accepted, Problem> {
     match state.publish.publish(request).await {
         Ok(accepted) => {
             debug!(
@@ -133,7 +281,7 @@ async fn handle(
                 trace_id = %current_trace_id(),
                 "event published"
             );
-            Ok((StatusCode::ACCEPTED, Json(accepted)))
+            Ok(accepted)
         }
         Err(rejected) => Err(problem_for(rejected)),
     }
@@ -145,7 +293,6 @@ struct HeaderFields {
     causation_id: Option<String>,
     schema_version: Option<SchemaVersion>,
     idempotency_key: Option<String>,
-    trace: TraceContext,
 }
 
 impl HeaderFields {
@@ -161,7 +308,6 @@ impl HeaderFields {
             causation_id: header_text(headers, "x-causation-id", 128)?,
             schema_version,
             idempotency_key: header_text(headers, "idempotency-key", 255)?,
-            trace: trace_context(headers),
         })
     }
 }
@@ -186,10 +332,21 @@ pub(super) fn is_printable_within(bytes: &[u8], max: usize) -> bool {
 }
 
 /// The W3C trace context to continue (see [`TraceContext::from_untrusted`]): a bad
-/// `traceparent` or `tracestate` is ignored, never an error.
+/// `traceparent` or `tracestate` is ignored, never an error. Without a `traceparent`, a
+/// CloudEvent in binary mode may name its trace in `ce-traceparent` (the Distributed
+/// Tracing extension).
 pub(super) fn trace_context(headers: &HeaderMap) -> TraceContext {
     let bytes = |name: &str| headers.get(name).map(|v| v.as_bytes());
-    TraceContext::from_untrusted(bytes("traceparent"), bytes("tracestate"))
+    let trace = TraceContext::from_untrusted(bytes("traceparent"), bytes("tracestate"));
+    if trace.traceparent.is_some() || !headers.contains_key("ce-traceparent") {
+        return trace;
+    }
+    let decoded = |name: &str| headers.get(name).and_then(|v| decode_header(v.as_bytes()));
+    let (traceparent, tracestate) = (decoded("ce-traceparent"), decoded("ce-tracestate"));
+    TraceContext::from_untrusted(
+        traceparent.as_deref().map(str::as_bytes),
+        tracestate.as_deref().map(str::as_bytes),
+    )
 }
 
 /// 422 naming every failure; 400 for a payload outside the payload grammar.

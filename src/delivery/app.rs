@@ -24,10 +24,52 @@ use tracing::{Instrument, debug, field::Empty, info_span};
 
 use super::outcome::{AppAnswer, error_detail};
 use crate::{
+    cloudevents::http::{STRUCTURED, binary_headers, structured_body},
     config::AppUrl,
     envelope::{Envelope, TraceContext},
+    subscription::DeliveryFormat,
     telemetry::{TraceExt, trace_of},
 };
+
+/// What the app gets for one event in its subscription's format: the body, and the headers
+/// that go with it (`Content-Type` included) besides causeway's own.
+#[derive(Clone, Debug)]
+pub(crate) struct Outgoing {
+    body: Bytes,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Outgoing {
+    /// The event in `format`. `wire` is the message body when it is the envelope as
+    /// causeway published it, sent as is in causeway's format; `trace` is the trace the
+    /// message carried (the publisher's), named in `ce-traceparent` when the event brought
+    /// none of its own.
+    pub(crate) fn new(
+        format: DeliveryFormat,
+        envelope: &Envelope,
+        wire: Option<&[u8]>,
+        trace: &TraceContext,
+    ) -> Self {
+        let json = || vec![(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        match format {
+            DeliveryFormat::Causeway => Outgoing {
+                body: match wire {
+                    Some(wire) => Bytes::copy_from_slice(wire),
+                    None => Bytes::from(envelope.to_json()),
+                },
+                headers: json(),
+            },
+            DeliveryFormat::CloudeventsBinary => Outgoing {
+                body: Bytes::copy_from_slice(envelope.payload.get().as_bytes()),
+                headers: binary_headers(envelope, trace),
+            },
+            DeliveryFormat::CloudeventsStructured => Outgoing {
+                body: Bytes::from(structured_body(envelope, trace)),
+                headers: vec![(CONTENT_TYPE, HeaderValue::from_static(STRUCTURED))],
+            },
+        }
+    }
+}
 
 /// Idle connections kept at most: one per delivery that can be in flight at once is plenty.
 const MAX_IDLE: usize = 256;
@@ -77,12 +119,12 @@ impl AppClient {
         }
     }
 
-    /// POSTs the envelope `body` to `route` in a CLIENT span, whose context the app gets in
-    /// `traceparent`, and reports how the app answered.
-    pub async fn deliver(
+    /// POSTs the event (`outgoing`) to `route` in a CLIENT span, whose context the app gets
+    /// in `traceparent`, and reports how the app answered.
+    pub(crate) async fn deliver(
         &self,
         route: &str,
-        body: Bytes,
+        outgoing: &Outgoing,
         envelope: &Envelope,
         attempt: u32,
         trace: &TraceContext,
@@ -102,7 +144,7 @@ impl AppClient {
         }
         // Without tracing installed, the publisher's context passes through unchanged.
         let trace = trace_of(&span).unwrap_or_else(|| trace.clone());
-        let answer = match self.request(route, body, envelope, attempt, &trace) {
+        let answer = match self.request(route, outgoing, envelope, attempt, &trace) {
             Ok(request) => {
                 let exchange = self.exchange(request);
                 match tokio::time::timeout(timeout, exchange)
@@ -130,7 +172,7 @@ impl AppClient {
     fn request(
         &self,
         route: &str,
-        body: Bytes,
+        outgoing: &Outgoing,
         envelope: &Envelope,
         attempt: u32,
         trace: &TraceContext,
@@ -142,11 +184,14 @@ impl AppClient {
         }
         .map_err(|error| format!("invalid route {route:?}: {error}"))?;
         let mut request = Request::post(path)
-            .body(Full::new(body))
+            .body(Full::new(outgoing.body.clone()))
             .map_err(|error| error.to_string())?;
         let headers = request.headers_mut();
         headers.insert(HOST, self.inner.host.clone());
         set_headers(headers, envelope, attempt, trace);
+        for (name, value) in &outgoing.headers {
+            headers.insert(name.clone(), value.clone());
+        }
         Ok(request)
     }
 
@@ -275,7 +320,6 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// The delivery headers: the envelope's ids, the attempt, and the trace context.
 fn set_headers(headers: &mut HeaderMap, envelope: &Envelope, attempt: u32, trace: &TraceContext) {
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut set = |name: &'static str, value: &str| {
         // Values came through the publish checks (printable ASCII); a message written by
         // another producer may hold anything, and a header that cannot be sent is left out.

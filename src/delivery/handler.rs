@@ -6,14 +6,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
 use lapin::message::Delivery;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
-    app::AppClient,
+    app::{AppClient, Outgoing},
     claim::ClaimGuard,
     fate::Fate,
     outcome::{AppAnswer, Disposition, Reason, disposition},
@@ -23,6 +22,7 @@ use super::{
 use crate::{
     amqp::int_header,
     broker::SharedChannel,
+    cloudevents::amqp::{Message, decode},
     envelope::Envelope,
     flow::{HopFacts, Kind, Receipt, Receipts},
     schema::{Invalid, SchemaRegistry},
@@ -54,6 +54,12 @@ macro_rules! event_log {
 const DEFER: Duration = Duration::from_secs(1);
 /// How long a delivery waits before trying an app that was not listening again.
 const APP_WAIT: Duration = Duration::from_millis(500);
+
+/// One event on its way to the app: the envelope, and what the app gets for it.
+struct Event {
+    envelope: Envelope,
+    outgoing: Outgoing,
+}
 
 /// What every delivery of one subscription shares.
 pub(crate) struct Context {
@@ -108,10 +114,17 @@ impl Context {
 
     async fn process(&self, delivery: Delivery, attempt: u32, stop: &CancellationToken) {
         let span = Span::current();
-        let envelope = match Envelope::decode(&delivery.data) {
-            Ok(envelope) => envelope,
+        // A CloudEvent another producer put on the exchange is read into an envelope.
+        let decoded = decode(
+            &delivery.properties,
+            &delivery.data,
+            delivery.routing_key.as_str(),
+        );
+        let (envelope, foreign) = match decoded {
+            Ok(Message::Envelope(envelope)) => (envelope, false),
+            Ok(Message::CloudEvent(envelope)) => (envelope, true),
             Err(error) => {
-                let last_error = format!("not a valid envelope: {error}");
+                let last_error = error.to_string();
                 warn!(
                     subscription = %self.subscription.name,
                     trace_id = %current_trace_id(),
@@ -120,7 +133,7 @@ impl Context {
                 );
                 span.record("causeway.outcome", "dead_lettered");
                 // The parser's message may quote the body: keep it out of exported spans.
-                span.fail("not a valid envelope");
+                span.fail("not a valid envelope or CloudEvent");
                 let dead = Fate::DeadLetter {
                     reason: Reason::Undecodable,
                     attempts: attempt.saturating_sub(1),
@@ -213,7 +226,17 @@ impl Context {
         {
             warn!(%error, event_id = %envelope.event_id, "cannot remember the correlation id");
         }
-        self.attempts(&delivery, &envelope, claim, lease, attempt, stop)
+        // Rendered once for every attempt: the message as is in causeway's format, unless
+        // it was a CloudEvent from another producer.
+        let wire = (!foreign).then_some(delivery.data.as_slice());
+        let outgoing = Outgoing::new(
+            spec.format,
+            &envelope,
+            wire,
+            &field_table_trace(&delivery.properties),
+        );
+        let event = Event { envelope, outgoing };
+        self.attempts(&delivery, &event, claim, lease, attempt, stop)
             .await;
     }
 
@@ -261,7 +284,7 @@ impl Context {
     async fn attempts(
         &self,
         delivery: &Delivery,
-        envelope: &Envelope,
+        event: &Event,
         mut claim: ClaimGuard,
         lease: Duration,
         mut attempt: u32,
@@ -270,7 +293,7 @@ impl Context {
         let span = Span::current();
         let spec = &self.subscription.spec;
         let trace = field_table_trace(&delivery.properties);
-        let body = Bytes::from(delivery.data.clone());
+        let envelope = &event.envelope;
         let mut waited_for_app = false;
         loop {
             let started = Instant::now();
@@ -278,7 +301,7 @@ impl Context {
                 .app
                 .deliver(
                     &spec.route,
-                    body.clone(),
+                    &event.outgoing,
                     envelope,
                     attempt,
                     &trace,

@@ -13,6 +13,7 @@ fn sample() -> Envelope {
         occurred_at: now_rfc3339(),
         source: "orders".into(),
         payload: RawValue::from_string(r#"{"total_cents": 1250}"#.into()).unwrap(),
+        cloudevents: None,
     }
 }
 
@@ -177,6 +178,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                     occurred_at,
                     source,
                     payload: serde_json::value::to_raw_value(&payload).unwrap(),
+                    cloudevents: None,
                 }
             },
         )

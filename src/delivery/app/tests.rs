@@ -23,6 +23,7 @@ fn envelope() -> Envelope {
         occurred_at: now_rfc3339(),
         source: "orders".into(),
         payload: RawValue::from_string("{}".into()).unwrap(),
+        cloudevents: None,
     }
 }
 
@@ -110,12 +111,22 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<()> {
     }
 }
 
+fn native(envelope: &Envelope) -> Outgoing {
+    Outgoing::new(
+        DeliveryFormat::Causeway,
+        envelope,
+        Some(b"{\"event\":1}"),
+        &TraceContext::default(),
+    )
+}
+
 async fn deliver(client: &AppClient, route: &str) -> AppAnswer {
+    let envelope = envelope();
     client
         .deliver(
             route,
-            Bytes::from_static(b"{\"event\":1}"),
-            &envelope(),
+            &native(&envelope),
+            &envelope,
             1,
             &TraceContext::default(),
             Duration::from_secs(5),
@@ -194,11 +205,12 @@ async fn nothing_listening_is_told_apart_from_a_slow_app() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     // Accepted by the kernel but never answered.
     let client = AppClient::new(&AppUrl::parse(&base).unwrap());
+    let envelope = envelope();
     let answer = client
         .deliver(
             "/events",
-            Bytes::new(),
-            &envelope(),
+            &native(&envelope),
+            &envelope,
             1,
             &TraceContext::default(),
             Duration::from_millis(200),
@@ -208,4 +220,61 @@ async fn nothing_listening_is_told_apart_from_a_slow_app() {
     drop(listener);
     let answer = deliver(&client, "/events").await;
     assert!(matches!(answer, AppAnswer::NotListening(_)), "{answer:?}");
+}
+
+#[tokio::test]
+async fn the_cloudevents_formats_carry_the_attributes_and_causeway_headers() {
+    let (base, _, requests) = app("HTTP/1.1 200 OK", After::KeepAlive).await;
+    let client = AppClient::new(&AppUrl::parse(&base).unwrap());
+    let mut envelope = envelope();
+    envelope.causation_id = Some("cause 1".into());
+    let trace = TraceContext {
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        tracestate: None,
+    };
+    for format in [
+        DeliveryFormat::CloudeventsBinary,
+        DeliveryFormat::CloudeventsStructured,
+    ] {
+        let outgoing = Outgoing::new(format, &envelope, None, &trace);
+        let answer = client
+            .deliver(
+                "/ce",
+                &outgoing,
+                &envelope,
+                2,
+                &trace,
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(answer, ok());
+    }
+    let requests = requests.lock().unwrap();
+    let binary = requests[0].to_ascii_lowercase();
+    let id = envelope.event_id.to_string();
+    for line in [
+        "content-type: application/json".to_owned(),
+        "ce-specversion: 1.0".into(),
+        format!("ce-id: {id}"),
+        "ce-source: orders".into(),
+        "ce-type: orderplaced".into(),
+        "ce-correlationid: flow-1".into(),
+        "ce-causationid: cause%201".into(),
+        "ce-schemaversion: 1.0".into(),
+        "ce-traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        format!("x-event-id: {id}"),
+        "x-delivery-attempt: 2".into(),
+    ] {
+        assert!(binary.contains(&line), "{line} in {binary}");
+    }
+    let structured = requests[1].to_ascii_lowercase();
+    assert!(
+        structured.contains("content-type: application/cloudevents+json"),
+        "{structured}"
+    );
+    assert!(!structured.contains("ce-id:"), "{structured}");
+    assert!(
+        structured.contains(&format!("x-event-id: {id}")),
+        "{structured}"
+    );
 }
