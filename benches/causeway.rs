@@ -454,6 +454,19 @@ fn hand_rolled(payload: &[u8]) -> (Vec<u8>, BasicProperties) {
     .unwrap();
     let mut headers = FieldTable::default();
     headers.insert("schema_version".into(), AMQPValue::LongString("1.0".into()));
+    // The CloudEvents AMQP binding's properties, which causeway adds to every message.
+    let time = humantime::format_rfc3339_micros(now).to_string();
+    for (name, value) in [
+        ("cloudEvents_specversion", "1.0"),
+        ("cloudEvents_id", event_id.as_str()),
+        ("cloudEvents_type", "Bench"),
+        ("cloudEvents_source", "bench"),
+        ("cloudEvents_time", time.as_str()),
+        ("cloudEvents_correlationid", event_id.as_str()),
+        ("cloudEvents_schemaversion", "1.0"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
     let timestamp = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
