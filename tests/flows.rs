@@ -136,11 +136,17 @@ async fn a_three_service_flow_shows_every_hop_while_it_runs_then_settles() {
     assert_eq!(flow["events"][0]["event_id"], placed.body["event_id"]);
     assert!(hop(&flow, "OrderPlaced", &reserve).unwrap()["since"].is_string());
 
-    let flow = wait_flow(&order, &correlation_id, "a retrying hop", |f| {
+    // The inventory app publishes StockReserved before it answers, so payment's failure may
+    // be written down before inventory's delivery: wait for both. The retry waits 2 s.
+    wait_flow(&order, &correlation_id, "a retrying hop", |f| {
         hop_state(f, "StockReserved", &charge) == "retrying"
     })
     .await;
-    assert_eq!(hop_state(&flow, "OrderPlaced", &reserve), "delivered");
+    let flow = wait_flow(&order, &correlation_id, "the first hop delivered", |f| {
+        hop_state(f, "OrderPlaced", &reserve) == "delivered"
+            && hop_state(f, "StockReserved", &charge) == "retrying"
+    })
+    .await;
     let retrying = hop(&flow, "StockReserved", &charge).unwrap();
     assert_eq!(retrying["attempts"], 1);
     assert_eq!(retrying["max_attempts"], 5);
