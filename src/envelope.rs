@@ -138,11 +138,7 @@ impl TraceContext {
             return TraceContext::default();
         };
         let tracestate = tracestate
-            .filter(|t| {
-                !t.is_empty()
-                    && t.len() <= Self::MAX_TRACESTATE
-                    && t.iter().all(|b| (0x20..0x7f).contains(b))
-            })
+            .filter(|t| is_printable_within(t, Self::MAX_TRACESTATE))
             .and_then(text);
         TraceContext {
             traceparent: Some(traceparent),
@@ -259,6 +255,32 @@ const PERSISTENT: u8 = 2;
 
 fn short(value: &str) -> Result<ShortString, EnvelopeError> {
     ShortString::try_new(value).map_err(|_| EnvelopeError::TooLong)
+}
+
+/// Whether `bytes` are 1 to `max` printable ASCII characters, as ids, keys and the values
+/// carried in AMQP and HTTP headers as they are must be.
+pub fn is_printable_within(bytes: &[u8], max: usize) -> bool {
+    !bytes.is_empty() && bytes.len() <= max && bytes.iter().all(|b| (0x20..0x7f).contains(b))
+}
+
+/// Whether `bytes` are RFC 3986 characters only: letters, digits, the bytes of `allowed`
+/// (the punctuation the caller's part of a URI may hold) and `%XX` escapes.
+pub fn is_uri_text(bytes: &[u8], allowed: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let escape = bytes.get(i + 1..i + 3);
+                if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || allowed.contains(&b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The routing key of an event type at a major version.

@@ -70,7 +70,7 @@ pub trait FlowStore: Send + Sync + 'static {
 /// Whether `id` can be a correlation id: 1 to 128 printable ASCII characters, as
 /// `X-Correlation-ID` allows.
 pub fn is_valid_correlation_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| (0x20..0x7f).contains(&b))
+    crate::envelope::is_printable_within(id.as_bytes(), 128)
 }
 
 /// Answers for flows: reads receipts and routes and builds views.

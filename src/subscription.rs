@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use registry::{Registry, RegistryError};
 
-use crate::envelope::{is_valid_event_type, routing_key};
+use crate::envelope::{is_uri_text, is_valid_event_type, routing_key};
 
 /// One subscription, as the API and the config file describe it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,25 +128,9 @@ pub enum Origin {
 /// most 1024 characters of a URI's path and query (RFC 3986: letters, digits,
 /// `-._~!$&'()*+,;=:@/?` and `%XX` escapes). No fragment, no space, nothing to escape.
 pub fn is_valid_route(route: &str) -> bool {
-    let bytes = route.as_bytes();
-    if !route.starts_with('/') || bytes.len() > 1024 {
-        return false;
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let escape = bytes.get(i + 1..i + 3);
-                if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?".contains(&b) => i += 1,
-            _ => return false,
-        }
-    }
-    true
+    route.starts_with('/')
+        && route.len() <= 1024
+        && is_uri_text(route.as_bytes(), b"-._~!$&'()*+,;=:@/?")
 }
 
 /// Whether `name` can name a subscription: 1-100 of `[A-Za-z0-9_-]`, starting with a letter

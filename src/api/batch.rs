@@ -20,8 +20,7 @@ use super::{
     body::{read_body, require_json},
     problem::Problem,
     publish::{
-        answered, is_printable_within, outcome_of, problem_for, publish_one, request_of,
-        server_span, trace_context,
+        answered, outcome_of, problem_for, publish_one, request_of, server_span, trace_context,
     },
 };
 use crate::{
@@ -29,7 +28,7 @@ use crate::{
         Refused,
         http::{Mode, batch_items, from_item, mode_of},
     },
-    envelope::{SchemaVersion, is_valid_event_type},
+    envelope::{SchemaVersion, is_printable_within, is_valid_event_type},
     publish::{Accepted, PublishRequest},
     schema::Invalid,
 };

@@ -22,7 +22,7 @@ use crate::{
         AttributeError, CloudEvent, Refused,
         http::{Mode, decode_header, from_binary, from_structured, mode_of},
     },
-    envelope::{SchemaVersion, TraceContext, is_valid_event_type},
+    envelope::{SchemaVersion, TraceContext, is_printable_within, is_valid_event_type},
     payload::Malformed,
     publish::{Accepted, Given, PublishRequest, Rejected},
     schema::Invalid,
@@ -324,11 +324,6 @@ fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<Str
     }
     // Printable ASCII is valid UTF-8.
     Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()))
-}
-
-/// Whether `bytes` are 1 to `max` printable ASCII characters, as ids and keys must be.
-pub(super) fn is_printable_within(bytes: &[u8], max: usize) -> bool {
-    !bytes.is_empty() && bytes.len() <= max && bytes.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 /// The W3C trace context to continue (see [`TraceContext::from_untrusted`]): a bad

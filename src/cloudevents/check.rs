@@ -214,9 +214,7 @@ impl Checker<'_> {
 
     /// An id that AMQP properties and HTTP headers carry as is, as for native publishes.
     fn printable(&mut self, name: &str, value: &str) -> bool {
-        let ok = !value.is_empty()
-            && value.len() <= MAX_ID_HEADER
-            && value.bytes().all(|b| (0x20..0x7f).contains(&b));
+        let ok = crate::envelope::is_printable_within(value.as_bytes(), MAX_ID_HEADER);
         self.check(
             ok,
             name,

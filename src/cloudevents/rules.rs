@@ -86,25 +86,9 @@ pub fn is_ce_string(value: &str) -> bool {
 /// Whether `value` is an RFC 3986 URI reference of 1 to [`MAX_TEXT`] characters: URI
 /// characters and `%XX` escapes only (no spaces, no raw Unicode).
 pub fn is_uri_reference(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    if bytes.is_empty() || bytes.len() > MAX_TEXT {
-        return false;
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let escape = bytes.get(i + 1..i + 3);
-                if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b if b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=".contains(&b) => i += 1,
-            _ => return false,
-        }
-    }
-    true
+    !value.is_empty()
+        && value.len() <= MAX_TEXT
+        && crate::envelope::is_uri_text(value.as_bytes(), b"-._~:/?#[]@!$&'()*+,;=")
 }
 
 /// Whether `value` is an absolute URI: a URI reference that starts with a scheme.
