@@ -742,39 +742,61 @@ async fn sidecar_delivery(
     (sample, cpu, rss)
 }
 
-/// Publish at 64 clients and delivery, each with flow receipts off then on, twice in turn
-/// (off, on, off, on) so that drift in the machine's load hits both alike.
-async fn receipts_cost(
+/// One side of a comparison: what the sidecar is started with, the headers each publish
+/// carries, and lines added to the delivery's subscription.
+struct Variant {
+    env: Vec<(&'static str, String)>,
+    headers: &'static str,
+    subscription: &'static str,
+}
+
+/// The mean publish rate at 64 clients and delivery rate of each variant, with the sidecar's
+/// CPU seconds per 1,000 events, measured twice in turn (A, B, A, B) so that drift in the
+/// machine's load hits both alike.
+struct Compared {
+    publish: [(f64, f64); 2],
+    delivery: [(f64, f64); 2],
+}
+
+async fn compare(
     connection: &Connection,
     admin: &Channel,
     id: &str,
-    exchange: &str,
-    sink: &str,
-) -> Value {
+    (exchange, sink): (&str, &str),
+    tag: &str,
+    variants: [Variant; 2],
+) -> Compared {
     let mut publish = [Vec::new(), Vec::new()];
     let mut delivery = [Vec::new(), Vec::new()];
     for round in 0..2 {
-        for (slot, on) in [(0, "false"), (1, "true")] {
-            let data = tempdir(id, &format!("receipts-{round}-{on}"));
-            let sidecar = Sidecar::start(&[
-                ("CAUSEWAY_SERVICE", format!("bench-{id}-r")),
+        for (slot, variant) in variants.iter().enumerate() {
+            let data = tempdir(id, &format!("{tag}-{round}-{slot}"));
+            let mut env = vec![
+                ("CAUSEWAY_SERVICE", format!("bench-{id}-{tag}")),
                 ("CAUSEWAY_EXCHANGE", exchange.to_owned()),
                 ("CAUSEWAY_UNROUTED_QUEUE", format!("bench.{id}.unrouted")),
                 ("CAUSEWAY_DATA_DIR", data.clone()),
-                ("CAUSEWAY_FLOW_RECEIPTS", on.to_owned()),
                 ("OTEL_TRACES_SAMPLER", "always_off".into()),
-            ]);
+            ];
+            env.extend(variant.env.iter().cloned());
+            let sidecar = Sidecar::start(&env);
             sidecar.wait_ready().await;
             let cpu_before = sidecar.cpu_seconds();
-            let sample = http_publish(&sidecar.api, 64).await;
+            let sample = http_publish_with(&sidecar.api, 64, variant.headers).await;
             let cpu = (sidecar.cpu_seconds() - cpu_before) / sample.count as f64 * 1000.0;
             publish[slot].push((sample.rate(), cpu));
             purge(admin, sink).await;
             drop(sidecar);
             let _ = std::fs::remove_dir_all(&data);
-            let tag = format!("r{round}{on}");
-            let extra = [("CAUSEWAY_FLOW_RECEIPTS", on.to_owned())];
-            let (sample, cpu, _) = sidecar_delivery(connection, admin, id, &tag, &extra, "").await;
+            let (sample, cpu, _) = sidecar_delivery(
+                connection,
+                admin,
+                id,
+                &format!("{tag}{round}{slot}"),
+                &variant.env,
+                variant.subscription,
+            )
+            .await;
             delivery[slot].push((sample.rate(), cpu / sample.count as f64 * 1000.0));
         }
     }
@@ -785,24 +807,48 @@ async fn receipts_cost(
             runs.iter().map(|r| r.1).sum::<f64>() / n,
         )
     };
-    let (publish_off, publish_off_cpu) = mean(&publish[0]);
-    let (publish_on, publish_on_cpu) = mean(&publish[1]);
-    let (delivery_off, delivery_off_cpu) = mean(&delivery[0]);
-    let (delivery_on, delivery_on_cpu) = mean(&delivery[1]);
-    println!(
-        "publish:  off {publish_off:>8.0}/s | on {publish_on:>8.0}/s | ratio {:.2} | CPU s per 1,000 {publish_off_cpu:.3} -> {publish_on_cpu:.3}",
-        publish_on / publish_off
-    );
-    println!(
-        "delivery: off {delivery_off:>8.0}/s | on {delivery_on:>8.0}/s | ratio {:.2} | CPU s per 1,000 {delivery_off_cpu:.3} -> {delivery_on_cpu:.3}",
-        delivery_on / delivery_off
-    );
-    json!({
-        "publish": {"off_rate": publish_off, "on_rate": publish_on, "ratio": publish_on / publish_off,
-                    "off_cpu_seconds_per_1000": publish_off_cpu, "on_cpu_seconds_per_1000": publish_on_cpu},
-        "delivery": {"off_rate": delivery_off, "on_rate": delivery_on, "ratio": delivery_on / delivery_off,
-                     "off_cpu_seconds_per_1000": delivery_off_cpu, "on_cpu_seconds_per_1000": delivery_on_cpu},
-    })
+    Compared {
+        publish: [mean(&publish[0]), mean(&publish[1])],
+        delivery: [mean(&delivery[0]), mean(&delivery[1])],
+    }
+}
+
+/// Prints and reports a comparison, its sides named `a` and `b`.
+fn report_compared(compared: &Compared, (a, b): (&str, &str)) -> Value {
+    let mut report = json!({});
+    for (what, sides) in [
+        ("publish", compared.publish),
+        ("delivery", compared.delivery),
+    ] {
+        let [(a_rate, a_cpu), (b_rate, b_cpu)] = sides;
+        println!(
+            "{what:<9} {a} {a_rate:>8.0}/s | {b} {b_rate:>8.0}/s | ratio {:.2} | CPU s per 1,000 {a_cpu:.3} -> {b_cpu:.3}",
+            b_rate / a_rate
+        );
+        report[what] = json!({
+            format!("{a}_rate"): a_rate, format!("{b}_rate"): b_rate, "ratio": b_rate / a_rate,
+            format!("{a}_cpu_seconds_per_1000"): a_cpu, format!("{b}_cpu_seconds_per_1000"): b_cpu,
+        });
+    }
+    report
+}
+
+/// Publish at 64 clients and delivery, with flow receipts off and on.
+async fn receipts_cost(
+    connection: &Connection,
+    admin: &Channel,
+    id: &str,
+    exchange: &str,
+    sink: &str,
+) -> Value {
+    let receipts = |on: &str| Variant {
+        env: vec![("CAUSEWAY_FLOW_RECEIPTS", on.to_owned())],
+        headers: "",
+        subscription: "",
+    };
+    let variants = [receipts("false"), receipts("true")];
+    let compared = compare(connection, admin, id, (exchange, sink), "r", variants).await;
+    report_compared(&compared, ("off", "on"))
 }
 
 /// The attributes of a CloudEvent in HTTP binary mode, as header lines (the body is the
@@ -810,8 +856,7 @@ async fn receipts_cost(
 const CLOUDEVENT_HEADERS: &str = "ce-specversion: 1.0\r\nce-id: bench-0001\r\nce-source: https://bench.example/orders\r\nce-type: Bench\r\nce-time: 2026-11-27T12:00:00Z\r\n";
 
 /// Publish at 64 clients, native and as CloudEvents in binary mode, and delivery in
-/// causeway's format and in `cloudevents-binary`, twice in turn (native, CloudEvents,
-/// native, CloudEvents) so that drift in the machine's load hits both alike.
+/// causeway's format and in `cloudevents-binary`.
 async fn cloudevents_cost(
     connection: &Connection,
     admin: &Channel,
@@ -819,49 +864,20 @@ async fn cloudevents_cost(
     exchange: &str,
     sink: &str,
 ) -> Value {
-    let mut publish = [Vec::new(), Vec::new()];
-    let mut delivery = [Vec::new(), Vec::new()];
-    for round in 0..2 {
-        for (slot, headers, format) in [
-            (0, "", ""),
-            (1, CLOUDEVENT_HEADERS, "format = \"cloudevents-binary\"\n"),
-        ] {
-            let data = tempdir(id, &format!("cloudevents-{round}-{slot}"));
-            let sidecar = Sidecar::start(&[
-                ("CAUSEWAY_SERVICE", format!("bench-{id}-ce")),
-                ("CAUSEWAY_EXCHANGE", exchange.to_owned()),
-                ("CAUSEWAY_UNROUTED_QUEUE", format!("bench.{id}.unrouted")),
-                ("CAUSEWAY_DATA_DIR", data.clone()),
-                ("OTEL_TRACES_SAMPLER", "always_off".into()),
-            ]);
-            sidecar.wait_ready().await;
-            let sample = http_publish_with(&sidecar.api, 64, headers).await;
-            publish[slot].push(sample.rate());
-            purge(admin, sink).await;
-            drop(sidecar);
-            let _ = std::fs::remove_dir_all(&data);
-            let tag = format!("c{round}{slot}");
-            let (sample, _, _) = sidecar_delivery(connection, admin, id, &tag, &[], format).await;
-            delivery[slot].push(sample.rate());
-        }
-    }
-    let mean = |runs: &[f64]| runs.iter().sum::<f64>() / runs.len() as f64;
-    let (publish_native, publish_ce) = (mean(&publish[0]), mean(&publish[1]));
-    let (delivery_native, delivery_ce) = (mean(&delivery[0]), mean(&delivery[1]));
-    println!(
-        "publish:  native {publish_native:>8.0}/s | CloudEvents {publish_ce:>8.0}/s | ratio {:.3}",
-        publish_ce / publish_native
-    );
-    println!(
-        "delivery: native {delivery_native:>8.0}/s | CloudEvents {delivery_ce:>8.0}/s | ratio {:.3}",
-        delivery_ce / delivery_native
-    );
-    json!({
-        "publish": {"native_rate": publish_native, "cloudevents_rate": publish_ce,
-                    "ratio": publish_ce / publish_native, "runs": publish},
-        "delivery": {"native_rate": delivery_native, "cloudevents_rate": delivery_ce,
-                     "ratio": delivery_ce / delivery_native, "runs": delivery},
-    })
+    let variants = [
+        Variant {
+            env: Vec::new(),
+            headers: "",
+            subscription: "",
+        },
+        Variant {
+            env: Vec::new(),
+            headers: CLOUDEVENT_HEADERS,
+            subscription: "format = \"cloudevents-binary\"\n",
+        },
+    ];
+    let compared = compare(connection, admin, id, (exchange, sink), "ce", variants).await;
+    report_compared(&compared, ("native", "cloudevents"))
 }
 
 /// Publishing at 64 clients with spans off, then with every span sampled and exported to a
