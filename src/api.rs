@@ -3,7 +3,8 @@
 //! `router(state)` builds the app API (publish, subscriptions, dead letters, flows) and
 //! serves the flow page at `/ui/`;
 //! `admin::router(state)` builds `/healthz`, `/readyz` and `/metrics`. Both answer every error as
-//! problem+json.
+//! problem+json. `server` serves them, each on its listener, within bounds on connections,
+//! time and requests in flight.
 
 pub mod admin;
 mod auth;
@@ -15,6 +16,7 @@ mod flows;
 pub mod problem;
 mod publish;
 mod schemas;
+pub mod server;
 mod subscriptions;
 mod ui;
 

@@ -53,6 +53,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// The broker connection.
     pub broker: BrokerConfig,
+    /// The limits of both HTTP listeners.
+    pub http: HttpConfig,
     /// Base URL of the local app, for deliveries.
     pub app_url: AppUrl,
     /// Directory of the embedded store.
@@ -109,6 +111,23 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
 }
 
+/// The limits of the HTTP listeners, which keep their memory and file descriptors bounded
+/// whatever clients do.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpConfig {
+    /// Most connections open at once on the API listener.
+    pub api_max_connections: usize,
+    /// Most connections open at once on the admin listener.
+    pub admin_max_connections: usize,
+    /// How long a client may take to send a whole request, header and body, from its first
+    /// byte; for a connection's first request, from the connection's opening.
+    pub read_timeout: Duration,
+    /// How long a connection may stay open without a request after an answer.
+    pub idle_timeout: Duration,
+    /// The API's budget of requests in flight: each counts one, plus one per 64 KiB of body.
+    pub api_max_requests: usize,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -141,6 +160,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Most connections a listener may be allowed: each takes a file descriptor, and the
+/// process' limit on those is rarely above a million.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
 /// The keys the file may hold; the same names, upper-cased, are the environment variables.
 const KEYS: &[&str] = &[
     "service",
@@ -161,6 +184,11 @@ const KEYS: &[&str] = &[
     "connect_timeout",
     "dedup_retention",
     "shutdown_grace",
+    "api_max_connections",
+    "admin_max_connections",
+    "read_timeout",
+    "idle_timeout",
+    "api_max_requests",
     "log_format",
     "worker_threads",
     "flow_receipts",
@@ -367,6 +395,7 @@ impl<'a> Reader<'a> {
         let connect_timeout = self.get("connect_timeout", Some("5s"), parse_duration);
         let dedup_retention = self.get("dedup_retention", Some("7d"), parse_duration);
         let shutdown_grace = self.get("shutdown_grace", Some("20s"), parse_duration);
+        let http = self.http();
         let log_format = self.get("log_format", Some("json"), parse_log_format);
         // Two workers unless the pod's CPU limit (which the standard library reads from the
         // cgroup) allows only one: the broker I/O and the store have threads of their own.
@@ -400,6 +429,7 @@ impl<'a> Reader<'a> {
                 max_in_flight: max_in_flight?,
                 connect_timeout: connect_timeout?,
             },
+            http: http?,
             app_url: app_url?,
             data_dir: data_dir?,
             dedup_url: dedup_url?,
@@ -417,6 +447,25 @@ impl<'a> Reader<'a> {
             flow_stuck_after: flow_stuck_after?,
             flows: flows?,
             warnings: self.unknown_variables(),
+        })
+    }
+
+    /// The HTTP listeners' limits. The defaults fit a sidecar in 128 MiB: see
+    /// docs/configuration.md for the memory each allows.
+    fn http(&mut self) -> Option<HttpConfig> {
+        let count = |v: &str| parse_count(v, MAX_CONNECTIONS);
+        let api_max_connections = self.get("api_max_connections", Some("1024"), count);
+        let admin_max_connections = self.get("admin_max_connections", Some("64"), count);
+        let read_timeout = self.get("read_timeout", Some("10s"), parse_duration);
+        let idle_timeout = self.get("idle_timeout", Some("60s"), parse_duration);
+        let api_max_requests =
+            self.get("api_max_requests", Some("256"), |v| parse_count(v, 65_535));
+        Some(HttpConfig {
+            api_max_connections: api_max_connections?,
+            admin_max_connections: admin_max_connections?,
+            read_timeout: read_timeout?,
+            idle_timeout: idle_timeout?,
+            api_max_requests: api_max_requests?,
         })
     }
 

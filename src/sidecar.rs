@@ -15,13 +15,16 @@ use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
-    task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiState, ApiToken, admin::AdminState},
+    api::{
+        self, ApiState, ApiToken,
+        admin::AdminState,
+        server::{Limits, Requests, Server},
+    },
     broker::{Connector, Dialer, Publisher},
     config::Config,
     delivery::{AppClient, DeadLetters, Supervisor, SupervisorConfig},
@@ -31,7 +34,7 @@ use crate::{
     schema::{SchemaError, SchemaRegistry},
     store::{DedupStore, EmbeddedStore, RedisDedup, StoreError},
     subscription::Registry,
-    telemetry::metrics::Metrics,
+    telemetry::metrics::{Listener, Metrics},
 };
 
 /// Why the sidecar could not start or stopped abnormally.
@@ -52,14 +55,11 @@ pub enum SidecarError {
     /// A schema could not be loaded: a configuration error.
     #[error("schemas: {0}")]
     Schema(#[from] SchemaError),
-    /// A listener failed while serving.
-    #[error("the {name} listener failed: {source}")]
+    /// A listener stopped while it should have been serving (its task panicked).
+    #[error("the {name} listener stopped unexpectedly")]
     Serve {
         /// Which listener.
         name: &'static str,
-        /// The cause.
-        #[source]
-        source: io::Error,
     },
 }
 
@@ -189,37 +189,63 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
             config.flow_stuck_after,
         ),
     };
-    let admin_shutdown = CancellationToken::new();
-    let mut api_task = serve(
-        "api",
-        api_listener,
-        api::router(api_state),
-        shutdown.clone(),
-    );
-    let admin_task = serve(
-        "admin",
-        admin_listener,
-        api::admin::router(AdminState {
-            health: health.clone(),
-            publish,
-            states,
-            metrics,
+    let http = config.http;
+    let api_limits = Limits {
+        max_connections: http.api_max_connections,
+        read_timeout: http.read_timeout,
+        idle_timeout: http.idle_timeout,
+        requests: Some(Requests {
+            max: http.api_max_requests,
+            max_body: config.max_body,
         }),
-        admin_shutdown.clone(),
+    };
+    let admin_limits = Limits {
+        max_connections: http.admin_max_connections,
+        requests: None,
+        ..api_limits
+    };
+    let mut api_task = tokio::spawn(
+        Server::new(
+            Listener::Api,
+            api_listener,
+            api::router(api_state),
+            api_limits,
+            metrics.clone(),
+        )
+        .run(shutdown.clone()),
+    );
+    let admin_shutdown = CancellationToken::new();
+    let admin_router = api::admin::router(AdminState {
+        health: health.clone(),
+        publish,
+        states,
+        metrics: metrics.clone(),
+    });
+    let admin_task = tokio::spawn(
+        Server::new(
+            Listener::Admin,
+            admin_listener,
+            admin_router,
+            admin_limits,
+            metrics,
+        )
+        .run(admin_shutdown.clone()),
     );
 
     // A listener that fails is a critical fault: drain what we can and exit non-zero.
     let mut failure = None;
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        ended = &mut api_task => failure = ended.ok().and_then(Result::err),
+        _ = &mut api_task => failure = Some(SidecarError::Serve { name: "api" }),
     }
     health.start_draining();
     shutdown.cancel();
     info!("draining");
     if !api_task.is_finished() {
         match tokio::time::timeout(config.shutdown_grace, &mut api_task).await {
-            Ok(Ok(Err(error))) => failure = Some(error),
+            Ok(Err(error)) if error.is_panic() => {
+                failure = Some(SidecarError::Serve { name: "api" });
+            }
             Ok(_) => {}
             Err(_) => {
                 warn!(
@@ -290,19 +316,4 @@ fn local_addr(listener: &TcpListener) -> String {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Serves `router` on `listener` until `stop`, then lets requests in flight finish.
-fn serve(
-    name: &'static str,
-    listener: TcpListener,
-    router: axum::Router,
-    stop: CancellationToken,
-) -> JoinHandle<Result<(), SidecarError>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-            .map_err(|source| SidecarError::Serve { name, source })
-    })
 }

@@ -63,6 +63,7 @@ pub(super) async fn read_body(
     match Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) if super::server::is_read_timeout(&*error) => Err(Problem::request_timeout()),
         Err(error) => Err(Problem::bad_request(format!(
             "the body could not be read: {error}"
         ))),

@@ -136,6 +136,28 @@ impl Problem {
         .retry_after(retry_after)
     }
 
+    /// 503: the API has as many requests in flight as `CAUSEWAY_API_MAX_REQUESTS` allows,
+    /// and none finished in time; nothing was done.
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Too many requests in flight",
+            "the sidecar is handling as many requests as CAUSEWAY_API_MAX_REQUESTS allows and none finished within 1 s; nothing was done",
+        )
+        .retry_after(1)
+    }
+
+    /// 408: the body did not arrive within `CAUSEWAY_READ_TIMEOUT`; nothing was done.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            "the request body did not arrive within CAUSEWAY_READ_TIMEOUT of the request's first byte; nothing was done",
+        )
+    }
+
     /// 500: a fault of the sidecar's; the detail is in its log.
     pub fn internal() -> Self {
         Self::new(

@@ -526,3 +526,66 @@ fn a_required_setting_that_is_not_utf8_is_reported_once() {
         Config::from_vars(None, os_env(&[("CAUSEWAY_SERVICE", b"ord\xffers")])).unwrap_err();
     assert_eq!(origins(&error), ["CAUSEWAY_SERVICE"]);
 }
+
+#[test]
+fn the_http_limits_have_defaults_for_128_mib_and_name_each_bad_value() {
+    let config = Config::load(None, &env(&[("CAUSEWAY_SERVICE", "orders")])).unwrap();
+    let http = config.http;
+    assert_eq!(http.api_max_connections, 1024);
+    assert_eq!(http.admin_max_connections, 64);
+    assert_eq!(http.read_timeout, Duration::from_secs(10));
+    assert_eq!(http.idle_timeout, Duration::from_secs(60));
+    assert_eq!(http.api_max_requests, 256);
+
+    let error = Config::load(
+        None,
+        &env(&[
+            ("CAUSEWAY_SERVICE", "orders"),
+            ("CAUSEWAY_API_MAX_CONNECTIONS", "0"),
+            ("CAUSEWAY_ADMIN_MAX_CONNECTIONS", "many"),
+            ("CAUSEWAY_READ_TIMEOUT", "0s"),
+            ("CAUSEWAY_IDLE_TIMEOUT", "10"),
+            ("CAUSEWAY_API_MAX_REQUESTS", "65536"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        origins(&error),
+        [
+            "CAUSEWAY_API_MAX_CONNECTIONS",
+            "CAUSEWAY_ADMIN_MAX_CONNECTIONS",
+            "CAUSEWAY_READ_TIMEOUT",
+            "CAUSEWAY_IDLE_TIMEOUT",
+            "CAUSEWAY_API_MAX_REQUESTS",
+        ]
+    );
+    let text = error.to_string();
+    for expected in [
+        "CAUSEWAY_API_MAX_CONNECTIONS: expected a whole number from 1 to 1000000 (got \"0\")",
+        "CAUSEWAY_READ_TIMEOUT: expected a duration above zero (got \"0s\")",
+        "CAUSEWAY_IDLE_TIMEOUT: expected a duration such as 500ms, 5s, 10m or 7d (got \"10\")",
+        "CAUSEWAY_API_MAX_REQUESTS: expected a whole number from 1 to 65535 (got \"65536\")",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from\n{text}");
+    }
+}
+
+#[test]
+fn the_http_limits_are_read_from_the_file() {
+    let dir = std::env::temp_dir().join(format!("causeway-http-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("causeway.toml");
+    std::fs::write(
+        &path,
+        "service = \"orders\"\napi_max_connections = 100\nadmin_max_connections = 8\n\
+         read_timeout = \"2s\"\nidle_timeout = \"5m\"\napi_max_requests = 32\n",
+    )
+    .unwrap();
+    let http = Config::load(Some(&path), &HashMap::new()).unwrap().http;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(http.api_max_connections, 100);
+    assert_eq!(http.admin_max_connections, 8);
+    assert_eq!(http.read_timeout, Duration::from_secs(2));
+    assert_eq!(http.idle_timeout, Duration::from_secs(300));
+    assert_eq!(http.api_max_requests, 32);
+}

@@ -5,10 +5,12 @@
 //! Besides the sidecar's own families: `causeway_build_info`, and the standard `process_*`
 //! metrics of Prometheus' client libraries, read from `/proc` at each scrape (on Linux).
 
+mod http;
 mod process;
 
 use std::{collections::HashSet, sync::Mutex, time::Duration};
 
+pub use http::{Closed, HttpMetrics, Listener, OpenConnection, Refused};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
@@ -117,6 +119,7 @@ pub struct Metrics {
     store_errors: Family<StoreLabels, Counter>,
     store_up: Family<StoreLabels, Gauge>,
     flow_receipts: Family<OutcomeLabels, Counter>,
+    http: HttpMetrics,
     event_types: Mutex<HashSet<String>>,
 }
 
@@ -249,6 +252,8 @@ impl Default for Metrics {
             "The sidecar's version, and whether it is a release or a debug build",
             build_info(),
         );
+        let http = HttpMetrics::default();
+        http.register(&mut registry);
         registry.register_collector(Box::new(process::ProcessCollector));
         // Both connections start down, so that a sidecar that never connects is visible.
         for connection in ["publish", "consume"] {
@@ -272,6 +277,7 @@ impl Default for Metrics {
             store_errors,
             store_up,
             flow_receipts,
+            http,
             event_types: Mutex::default(),
         }
     }
@@ -416,6 +422,11 @@ impl Metrics {
         self.flow_receipts
             .get_or_create(&OutcomeLabels { outcome })
             .inc_by(count);
+    }
+
+    /// The HTTP listeners' metrics.
+    pub fn http(&self) -> &HttpMetrics {
+        &self.http
     }
 
     fn event_type_label(&self, event_type: &str) -> String {
