@@ -17,7 +17,7 @@ use crate::{
     Bench,
     baseline::purge,
     client::{HttpConnection, publish_request},
-    process::Proc,
+    process::{Proc, tcp_counters},
     sidecar::Sidecar,
     tempdir,
 };
@@ -35,6 +35,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 /// Bounds on each connection's connect and on its answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// The machine's TCP counters that tell whether the listener's accept queue overflowed
+/// (connections the client sees as open that the server has not taken yet).
+const TCP_COUNTERS: [&str; 3] = ["ListenOverflows", "ListenDrops", "SyncookiesSent"];
 /// Back to "idle" means at most this many times the idle RSS.
 const BACK_TO_IDLE: f64 = 1.5;
 
@@ -86,10 +89,17 @@ pub async fn run(bench: &Bench, nofile: u64) -> Value {
         })
     };
     let cpu_before = proc.cpu_seconds();
+    let tcp_before = tcp_counters(TCP_COUNTERS);
     let started = Instant::now();
     let outcomes = burst(&sidecar.api, size).await;
     let answered_in = started.elapsed();
     let cpu = proc.cpu_seconds() - cpu_before;
+    let tcp_after = tcp_counters(TCP_COUNTERS);
+    let tcp: BTreeMap<&str, u64> = TCP_COUNTERS
+        .iter()
+        .zip(tcp_after.iter().zip(tcp_before))
+        .map(|(name, (after, before))| (*name, after.saturating_sub(before)))
+        .collect();
     sampling.store(false, Ordering::Relaxed);
     let during = sampler.join().unwrap();
     let peak = during.iter().copied().fold(0.0, f64::max);
@@ -119,6 +129,7 @@ pub async fn run(bench: &Bench, nofile: u64) -> Value {
         count(Outcome::Failed),
         count(Outcome::TimedOut),
     );
+    println!("the machine's TCP counters during the burst: {tcp:?}");
 
     let (after, back_in) = follow(proc, idle).await;
     let shown: Vec<String> = after.iter().map(|mb| format!("{mb:.1}")).collect();
@@ -153,6 +164,7 @@ pub async fn run(bench: &Bench, nofile: u64) -> Value {
         "connect_failed": count(Outcome::ConnectFailed),
         "failed": count(Outcome::Failed),
         "timed_out": count(Outcome::TimedOut),
+        "tcp_counters": tcp,
         "after_rss_mb": after,
         "back_to_idle_seconds": back_in,
     })

@@ -47,6 +47,12 @@ use serde_json::{Value, json};
 
 use crate::sidecar::Sidecar;
 
+// The sidecar's allocator (see src/main.rs), here too: the hand-rolled publisher of part 7 is
+// this binary started again, and it and the in-process baselines should differ from the
+// sidecar by their code, not by their allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How long each publish measurement runs.
 const RUN: Duration = Duration::from_secs(4);
@@ -200,7 +206,10 @@ fn resources(report: &Value) {
         return;
     }
     println!("\n3. the sidecar's resources");
-    for (what, part) in [("publish", &report["publish"]), ("delivery", &report["delivery"])] {
+    for (what, part) in [
+        ("publish", &report["publish"]),
+        ("delivery", &report["delivery"]),
+    ] {
         if let Some(cpu) = part["cpu_seconds_per_1000"].as_f64() {
             let rss = part["peak_rss_mb"].as_f64().unwrap_or_default();
             println!("{what}: {cpu:.3} CPU s per 1,000 events, peak RSS {rss:.1} MB");

@@ -53,3 +53,24 @@ impl Proc {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 }
+
+/// The machine's TCP counters named `names` (from the `TcpExt` lines of /proc/net/netstat),
+/// 0 for one that is not there.
+pub fn tcp_counters<const N: usize>(names: [&str; N]) -> [u64; N] {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(header), Some(values)) = (lines.next(), lines.next()) else {
+        return [0; N];
+    };
+    let pairs: Vec<(&str, u64)> = header
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .map(|(name, value)| (name, value.parse().unwrap_or(0)))
+        .collect();
+    names.map(|name| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
+    })
+}

@@ -133,7 +133,8 @@ async fn serve(exchange: String) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| publish(state.clone(), request));
+            let service =
+                hyper::service::service_fn(move |request| publish(state.clone(), request));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;

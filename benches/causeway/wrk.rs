@@ -26,9 +26,7 @@ pub fn available() -> bool {
         .status()
         .is_ok();
     if !found {
-        println!(
-            "   wrk is not installed: its rows are skipped (Debian: apt-get install -y wrk)"
-        );
+        println!("   wrk is not installed: its rows are skipped (Debian: apt-get install -y wrk)");
     }
     found
 }
