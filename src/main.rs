@@ -19,6 +19,14 @@ use causeway::{
     telemetry,
 };
 
+// jemalloc, with its background thread purging freed pages (over about 10 s, its default):
+// measured with the benchmark's burst of 10,000 publishes (docs/performance.md, 2026-12-07),
+// it gave the memory back to 26 MB within 15 s of a 250-315 MB peak, where glibc's malloc kept
+// 240-290 MB for the whole following minute and mimalloc doubled the idle figure (32 MB
+// against 14-17 MB); CPU per publish and per delivery stayed within the runs' spread.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for invalid configuration (EX_CONFIG would be 78; the contract says 64, EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
