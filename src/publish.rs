@@ -11,6 +11,7 @@ use crate::{
     broker::{PendingConfirm, PublishError, Publisher},
     envelope::{
         CloudEventAttributes, Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339,
+        uuid_text,
     },
     flow::{EventFacts, Kind, Receipt, Receipts},
     key_locks::{KeyGuard, KeyLocks},
@@ -90,6 +91,8 @@ pub enum Rejected {
 #[derive(Clone)]
 pub struct PublishService {
     source: Arc<str>,
+    /// The producer span's name, `send {exchange}`.
+    send_name: Arc<str>,
     publisher: Publisher,
     keys: Arc<dyn IdempotencyStore>,
     causes: Arc<dyn CorrelationMemory>,
@@ -121,6 +124,7 @@ impl PublishService {
     ) -> Self {
         PublishService {
             source: source.into(),
+            send_name: format!("send {}", publisher.exchange()).into(),
             publisher,
             keys,
             causes,
@@ -300,9 +304,9 @@ impl PublishService {
             at_ms: now_ms(),
             correlation_id: accepted.correlation_id.clone(),
             event: EventFacts {
-                event_id: accepted.event_id.to_string(),
+                event_id: uuid_text(&accepted.event_id, &mut Uuid::encode_buffer()).to_owned(),
                 event_type: accepted.event_type.clone(),
-                schema_version: accepted.schema_version.to_string(),
+                schema_version: accepted.schema_version.text(),
                 source: self.source.to_string(),
                 occurred_at: accepted.occurred_at.clone(),
                 causation_id: accepted.causation_id.clone(),
@@ -389,18 +393,18 @@ impl PublishService {
         let exchange = self.publisher.exchange();
         let span = info_span!(
             "send",
-            otel.name = %format!("send {exchange}"),
+            otel.name = &*self.send_name,
             otel.kind = "producer",
             otel.status_code = Empty,
             otel.status_description = Empty,
             messaging.system = "rabbitmq",
             messaging.operation.type = "send",
             messaging.operation.name = "send",
-            messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %routing_key,
+            messaging.destination.name = exchange,
+            messaging.rabbitmq.destination.routing_key = routing_key.as_str(),
             messaging.message.id = %envelope.event_id,
-            messaging.message.conversation_id = %envelope.correlation_id,
-            causeway.event_type = %envelope.event_type,
+            messaging.message.conversation_id = envelope.correlation_id.as_str(),
+            causeway.event_type = envelope.event_type.as_str(),
             causeway.causation_id = envelope.causation_id.as_deref(),
             causeway.schema_version = %envelope.schema_version,
         );
@@ -412,12 +416,14 @@ impl PublishService {
         let trace = trace_of(&span).unwrap_or(trace);
         let properties = crate::cloudevents::amqp::properties(&envelope, &trace)?;
         let in_flight = self.metrics.in_flight("publish");
-        let identity = envelope.identity();
+        let body = envelope.to_json();
+        let identity = envelope.into_identity();
         let started = self
             .publisher
-            .start(&routing_key, &envelope.to_json(), properties)
+            .start(&routing_key, &body, properties)
             .instrument(span.clone())
             .await;
+        drop(body);
         let sending = Sending {
             identity,
             span,

@@ -1,10 +1,10 @@
 //! `POST /v1/publish/{event_type}`: checks the request, then hands it to the publish path.
 
 use axum::{
-    Json,
     body::Body,
-    extract::{Path, State, rejection::PathRejection},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, Request, State, rejection::PathRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -35,21 +35,42 @@ use crate::{
 pub(super) async fn publish(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    request: Request,
+) -> Response {
     let path = path.map(|Path(event_type)| Some(event_type));
-    publish_one(&state, "/v1/publish/{event_type}", path, headers, body).await
+    let (parts, body) = request.into_parts();
+    // On the heap: the whole publish is a large future, which would otherwise be copied
+    // each time the layers above wrap it.
+    Box::pin(publish_one(&state, PUBLISH_ONE, path, parts.headers, body)).await
 }
+
+/// A publish route: its path template, and the name of its SERVER span.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Route {
+    path: &'static str,
+    span_name: &'static str,
+}
+
+/// `POST /v1/publish/{event_type}`.
+const PUBLISH_ONE: Route = Route {
+    path: "/v1/publish/{event_type}",
+    span_name: "POST /v1/publish/{event_type}",
+};
+
+/// `POST /v1/publish`.
+pub(super) const PUBLISH_BATCH: Route = Route {
+    path: "/v1/publish",
+    span_name: "POST /v1/publish",
+};
 
 /// One event, from `route`; `path` is the event type the path names, if it names one.
 pub(super) async fn publish_one(
     state: &ApiState,
-    route: &'static str,
+    route: Route,
     path: Result<Option<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
+) -> Response {
     let started = Instant::now();
     let path_label = match &path {
         Ok(Some(event_type)) if is_valid_event_type(event_type) => Some(event_type.clone()),
@@ -93,7 +114,30 @@ pub(super) async fn publish_one(
     state
         .metrics
         .publish(label, outcome_of(status), started.elapsed());
-    answer.map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
+    match answer {
+        Ok(accepted) => accepted_response(&accepted),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// `202 Accepted` with the event's identity as JSON, written into a buffer of the size it
+/// needs.
+fn accepted_response(accepted: &Accepted) -> Response {
+    let mut json = Vec::with_capacity(320);
+    if let Err(error) = serde_json::to_writer(&mut json, accepted) {
+        // Strings, a UUID and a version always serialize; the event is on the broker.
+        error!(%error, event_id = %accepted.event_id, "cannot write the answer to a publish");
+        return Problem::internal().into_response();
+    }
+    (
+        StatusCode::ACCEPTED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
 }
 
 /// A request body: still to read, or a structured CloudEvent read already.
@@ -103,20 +147,20 @@ enum Incoming {
 }
 
 /// The SERVER span of a publish request, continuing the caller's trace.
-pub(super) fn server_span(route: &'static str, headers: &HeaderMap) -> Span {
+pub(super) fn server_span(route: Route, headers: &HeaderMap) -> Span {
     server_span_for(route, &trace_context(headers))
 }
 
 /// The SERVER span of a publish request, continuing `trace`.
-fn server_span_for(route: &'static str, trace: &TraceContext) -> Span {
+fn server_span_for(route: Route, trace: &TraceContext) -> Span {
     let span = info_span!(
         "publish",
-        otel.name = %format!("POST {route}"),
+        otel.name = route.span_name,
         otel.kind = "server",
         otel.status_code = Empty,
         otel.status_description = Empty,
         http.request.method = "POST",
-        http.route = route,
+        http.route = route.path,
         http.response.status_code = Empty,
         causeway.event_type = Empty,
     );
