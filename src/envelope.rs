@@ -112,6 +112,13 @@ pub struct EventIdentity {
     pub occurred_at: String,
 }
 
+impl EventIdentity {
+    /// The JSON serde writes for the identity (a publish's answer), written directly.
+    pub fn to_json(&self) -> Vec<u8> {
+        json::identity(self)
+    }
+}
+
 /// W3C trace context to carry along with an event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceContext {
@@ -213,16 +220,10 @@ impl Envelope {
         routing_key(&self.event_type, self.schema_version.major)
     }
 
-    /// The body published to the broker.
+    /// The body published to the broker: the JSON serde writes for the envelope, written
+    /// into a buffer of its size.
     pub fn to_json(&self) -> Vec<u8> {
-        // Sized for the fields around the payload, so that the buffer does not grow (and
-        // copy the payload) while it is written.
-        let mut json = Vec::with_capacity(self.payload.get().len() + 384);
-        // Serializing plain strings, a UUID and an already-valid RawValue cannot fail.
-        match serde_json::to_writer(&mut json, self) {
-            Ok(()) => json,
-            Err(_) => Vec::new(),
-        }
+        json::envelope(self)
     }
 
     /// The AMQP properties that mirror the envelope, so that brokers and tools can route and
@@ -414,5 +415,6 @@ impl<'de> Deserialize<'de> for SchemaVersion {
     }
 }
 
+mod json;
 #[cfg(test)]
 mod tests;

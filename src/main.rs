@@ -19,6 +19,12 @@ use causeway::{
     telemetry,
 };
 
+/// mimalloc rather than the C library's allocator: a publish makes a few dozen short-lived
+/// allocations across threads, and glibc's malloc spent a quarter of the instructions of
+/// one on them (see docs/performance.md, "Publish CPU").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for invalid configuration (EX_CONFIG would be 78; the contract says 64, EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

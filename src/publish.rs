@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use serde_json::value::RawValue;
-use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
+use tracing::{Span, debug, field::Empty, info_span, warn};
 use uuid::Uuid;
 
 use crate::{
@@ -418,11 +418,10 @@ impl PublishService {
         let in_flight = self.metrics.in_flight("publish");
         let body = envelope.to_json();
         let identity = envelope.into_identity();
-        let started = self
-            .publisher
-            .start(&routing_key, &body, properties)
-            .instrument(span.clone())
-            .await;
+        // The span is not entered while the broker is awaited: each poll would enter and
+        // leave it (a registry lookup and a clock read each time), and nothing logs in
+        // there. It ends when it is dropped, after the confirm.
+        let started = self.publisher.start(routing_key, &body, properties).await;
         drop(body);
         let sending = Sending {
             identity,
@@ -506,8 +505,7 @@ impl Sending {
 impl SendingConfirm {
     /// Waits for the confirm.
     async fn finish(self) -> Result<Accepted, Rejected> {
-        let span = self.sending.span.clone();
-        match self.pending.confirmed().instrument(span).await {
+        match self.pending.confirmed().await {
             Ok(()) => Ok(self.sending.identity),
             Err(error) => Err(self.sending.failed(error)),
         }
