@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr, time::SystemTime};
 
 use lapin::{
     BasicProperties,
-    types::{FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, ShortString},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -112,6 +112,13 @@ pub struct EventIdentity {
     pub occurred_at: String,
 }
 
+impl EventIdentity {
+    /// The JSON serde writes for the identity (a publish's answer), written directly.
+    pub fn to_json(&self) -> Vec<u8> {
+        json::identity(self)
+    }
+}
+
 /// W3C trace context to carry along with an event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TraceContext {
@@ -196,15 +203,27 @@ impl Envelope {
         }
     }
 
+    /// Who the event is, keeping its fields rather than copying them.
+    pub fn into_identity(self) -> EventIdentity {
+        EventIdentity {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            occurred_at: self.occurred_at,
+        }
+    }
+
     /// The routing key on the events exchange: `{event_type}.v{major}`.
     pub fn routing_key(&self) -> String {
         routing_key(&self.event_type, self.schema_version.major)
     }
 
-    /// The body published to the broker.
+    /// The body published to the broker: the JSON serde writes for the envelope, written
+    /// into a buffer of its size.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing plain strings, a UUID and an already-valid RawValue cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        json::envelope(self)
     }
 
     /// The AMQP properties that mirror the envelope, so that brokers and tools can route and
@@ -224,7 +243,7 @@ impl Envelope {
         }
         headers.insert(
             "schema_version".into(),
-            text(&self.schema_version.to_string()),
+            AMQPValue::LongString(self.schema_version.text().into()),
         );
         if let Some(traceparent) = &trace.traceparent {
             headers.insert("traceparent".into(), text(traceparent));
@@ -239,7 +258,7 @@ impl Envelope {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Ok(BasicProperties::default()
-            .with_message_id(short(&self.event_id.to_string())?)
+            .with_message_id(short(uuid_text(&self.event_id, &mut Uuid::encode_buffer()))?)
             .with_correlation_id(short(&self.correlation_id)?)
             .with_type(short(&self.event_type)?)
             .with_app_id(short(&self.source)?)
@@ -283,9 +302,19 @@ pub fn is_uri_text(bytes: &[u8], allowed: &[u8]) -> bool {
     true
 }
 
+/// A UUID's canonical text (lower-case, hyphenated) in `buffer`, without the formatting
+/// machinery of `to_string`.
+pub fn uuid_text<'a>(id: &Uuid, buffer: &'a mut [u8; 45]) -> &'a str {
+    id.hyphenated().encode_lower(buffer)
+}
+
 /// The routing key of an event type at a major version.
 pub fn routing_key(event_type: &str, major: u32) -> String {
-    format!("{event_type}.v{major}")
+    let mut key = String::with_capacity(event_type.len() + 12);
+    key.push_str(event_type);
+    key.push_str(".v");
+    push_decimal(&mut key, major);
+    key
 }
 
 /// Why an envelope could not be turned into AMQP properties.
@@ -321,6 +350,27 @@ pub struct SchemaVersion {
 impl SchemaVersion {
     /// The version assumed when none is given and no schema is registered.
     pub const DEFAULT: SchemaVersion = SchemaVersion { major: 1, minor: 0 };
+}
+
+impl SchemaVersion {
+    /// `MAJOR.MINOR` as text, as [`Display`](fmt::Display) writes it, without the
+    /// formatting machinery.
+    pub fn text(&self) -> String {
+        let mut text = String::with_capacity(8);
+        push_decimal(&mut text, self.major);
+        text.push('.');
+        push_decimal(&mut text, self.minor);
+        text
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(text: &mut String, n: u32) {
+    if n >= 10 {
+        push_decimal(text, n / 10);
+    }
+    // A digit is 0..=9.
+    text.push(char::from(b'0' + (n % 10) as u8));
 }
 
 impl fmt::Display for SchemaVersion {
@@ -365,5 +415,6 @@ impl<'de> Deserialize<'de> for SchemaVersion {
     }
 }
 
+mod json;
 #[cfg(test)]
 mod tests;

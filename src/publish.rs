@@ -4,13 +4,14 @@
 use std::{sync::Arc, time::Duration};
 
 use serde_json::value::RawValue;
-use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
+use tracing::{Span, debug, field::Empty, info_span, warn};
 use uuid::Uuid;
 
 use crate::{
     broker::{PendingConfirm, PublishError, Publisher},
     envelope::{
         CloudEventAttributes, Envelope, EventIdentity, SchemaVersion, TraceContext, now_rfc3339,
+        uuid_text,
     },
     flow::{EventFacts, Kind, Receipt, Receipts},
     key_locks::{KeyGuard, KeyLocks},
@@ -90,6 +91,8 @@ pub enum Rejected {
 #[derive(Clone)]
 pub struct PublishService {
     source: Arc<str>,
+    /// The producer span's name, `send {exchange}`.
+    send_name: Arc<str>,
     publisher: Publisher,
     keys: Arc<dyn IdempotencyStore>,
     causes: Arc<dyn CorrelationMemory>,
@@ -121,6 +124,7 @@ impl PublishService {
     ) -> Self {
         PublishService {
             source: source.into(),
+            send_name: format!("send {}", publisher.exchange()).into(),
             publisher,
             keys,
             causes,
@@ -300,9 +304,9 @@ impl PublishService {
             at_ms: now_ms(),
             correlation_id: accepted.correlation_id.clone(),
             event: EventFacts {
-                event_id: accepted.event_id.to_string(),
+                event_id: uuid_text(&accepted.event_id, &mut Uuid::encode_buffer()).to_owned(),
                 event_type: accepted.event_type.clone(),
-                schema_version: accepted.schema_version.to_string(),
+                schema_version: accepted.schema_version.text(),
                 source: self.source.to_string(),
                 occurred_at: accepted.occurred_at.clone(),
                 causation_id: accepted.causation_id.clone(),
@@ -389,18 +393,18 @@ impl PublishService {
         let exchange = self.publisher.exchange();
         let span = info_span!(
             "send",
-            otel.name = %format!("send {exchange}"),
+            otel.name = &*self.send_name,
             otel.kind = "producer",
             otel.status_code = Empty,
             otel.status_description = Empty,
             messaging.system = "rabbitmq",
             messaging.operation.type = "send",
             messaging.operation.name = "send",
-            messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %routing_key,
+            messaging.destination.name = exchange,
+            messaging.rabbitmq.destination.routing_key = routing_key.as_str(),
             messaging.message.id = %envelope.event_id,
-            messaging.message.conversation_id = %envelope.correlation_id,
-            causeway.event_type = %envelope.event_type,
+            messaging.message.conversation_id = envelope.correlation_id.as_str(),
+            causeway.event_type = envelope.event_type.as_str(),
             causeway.causation_id = envelope.causation_id.as_deref(),
             causeway.schema_version = %envelope.schema_version,
         );
@@ -412,12 +416,13 @@ impl PublishService {
         let trace = trace_of(&span).unwrap_or(trace);
         let properties = crate::cloudevents::amqp::properties(&envelope, &trace)?;
         let in_flight = self.metrics.in_flight("publish");
-        let identity = envelope.identity();
-        let started = self
-            .publisher
-            .start(&routing_key, &envelope.to_json(), properties)
-            .instrument(span.clone())
-            .await;
+        let body = envelope.to_json();
+        let identity = envelope.into_identity();
+        // The span is not entered while the broker is awaited: each poll would enter and
+        // leave it (a registry lookup and a clock read each time), and nothing logs in
+        // there. It ends when it is dropped, after the confirm.
+        let started = self.publisher.start(routing_key, &body, properties).await;
+        drop(body);
         let sending = Sending {
             identity,
             span,
@@ -500,8 +505,7 @@ impl Sending {
 impl SendingConfirm {
     /// Waits for the confirm.
     async fn finish(self) -> Result<Accepted, Rejected> {
-        let span = self.sending.span.clone();
-        match self.pending.confirmed().instrument(span).await {
+        match self.pending.confirmed().await {
             Ok(()) => Ok(self.sending.identity),
             Err(error) => Err(self.sending.failed(error)),
         }

@@ -86,6 +86,16 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
     let otel = spans_wanted().then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("causeway"))
+            // Attributes about causeway's code and threads (file, line, module, thread, busy
+            // and idle time) say nothing about the event and cost every span: each poll of
+            // a publish would read the clock twice. causeway reads its trace context from
+            // the span, never from OpenTelemetry's current context, so entering a span need
+            // not make it current there.
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(Targets::new().with_target("causeway", tracing::Level::INFO))
             .boxed()
     });

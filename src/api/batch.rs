@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::HashSet};
 use axum::{
     Json,
     body::Body,
-    extract::State,
+    extract::{Request, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -20,7 +20,8 @@ use super::{
     body::{read_body, require_json},
     problem::Problem,
     publish::{
-        answered, outcome_of, problem_for, publish_one, request_of, server_span, trace_context,
+        PUBLISH_BATCH, answered, outcome_of, problem_for, publish_one, request_of, server_span,
+        trace_context,
     },
 };
 use crate::{
@@ -98,19 +99,15 @@ impl ItemError {
 /// invalid, 400 when any payload is outside the payload grammar (each result says what is
 /// wrong; nothing was published). A single CloudEvent (binary or structured mode) is
 /// published as `POST /v1/publish/{event_type}` would, with its `type` as the event type.
-pub(super) async fn publish_batch(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub(super) async fn publish_batch(State(state): State<ApiState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let mode = mode_of(&headers);
     if matches!(mode, Ok(Mode::Binary | Mode::Structured)) {
-        return publish_one(&state, "/v1/publish", Ok(None), headers, body)
-            .await
-            .into_response();
+        return Box::pin(publish_one(&state, PUBLISH_BATCH, Ok(None), headers, body)).await;
     }
     let started = Instant::now();
-    let span = server_span("/v1/publish", &headers);
+    let span = server_span(PUBLISH_BATCH, &headers);
     let answer = handle(&state, &headers, body, mode)
         .instrument(span.clone())
         .await;

@@ -1,10 +1,10 @@
 //! `POST /v1/publish/{event_type}`: checks the request, then hands it to the publish path.
 
 use axum::{
-    Json,
     body::Body,
-    extract::{Path, State, rejection::PathRejection},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, Request, State, rejection::PathRejection},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -35,21 +35,42 @@ use crate::{
 pub(super) async fn publish(
     State(state): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
+    request: Request,
+) -> Response {
     let path = path.map(|Path(event_type)| Some(event_type));
-    publish_one(&state, "/v1/publish/{event_type}", path, headers, body).await
+    let (parts, body) = request.into_parts();
+    // On the heap: the whole publish is a large future, which would otherwise be copied
+    // each time the layers above wrap it.
+    Box::pin(publish_one(&state, PUBLISH_ONE, path, parts.headers, body)).await
 }
+
+/// A publish route: its path template, and the name of its SERVER span.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Route {
+    path: &'static str,
+    span_name: &'static str,
+}
+
+/// `POST /v1/publish/{event_type}`.
+const PUBLISH_ONE: Route = Route {
+    path: "/v1/publish/{event_type}",
+    span_name: "POST /v1/publish/{event_type}",
+};
+
+/// `POST /v1/publish`.
+pub(super) const PUBLISH_BATCH: Route = Route {
+    path: "/v1/publish",
+    span_name: "POST /v1/publish",
+};
 
 /// One event, from `route`; `path` is the event type the path names, if it names one.
 pub(super) async fn publish_one(
     state: &ApiState,
-    route: &'static str,
+    route: Route,
     path: Result<Option<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, Json<Accepted>), Problem> {
+) -> Response {
     let started = Instant::now();
     let path_label = match &path {
         Ok(Some(event_type)) if is_valid_event_type(event_type) => Some(event_type.clone()),
@@ -69,15 +90,12 @@ pub(super) async fn publish_one(
         _ => Incoming::Body(body),
     };
     let trace = match &incoming {
-        Incoming::Structured(Ok(event)) if !headers.contains_key("traceparent") => {
+        Incoming::Structured(Ok(event)) if !headers.contains_key(&TRACEPARENT) => {
             event.trace.clone()
         }
         _ => trace_context(&headers),
     };
-    let span = server_span_for(route, &trace);
-    if let Some(event_type) = &path_label {
-        span.record("causeway.event_type", event_type.as_str());
-    }
+    let span = server_span_for(route, &trace, path_label.as_deref());
     let answer = handle(state, path, headers, incoming, mode, trace)
         .instrument(span.clone())
         .await;
@@ -93,7 +111,23 @@ pub(super) async fn publish_one(
     state
         .metrics
         .publish(label, outcome_of(status), started.elapsed());
-    answer.map(|accepted| (StatusCode::ACCEPTED, Json(accepted)))
+    match answer {
+        Ok(accepted) => accepted_response(&accepted),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// `202 Accepted` with the event's identity as JSON.
+fn accepted_response(accepted: &Accepted) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        accepted.to_json(),
+    )
+        .into_response()
 }
 
 /// A request body: still to read, or a structured CloudEvent read already.
@@ -103,22 +137,23 @@ enum Incoming {
 }
 
 /// The SERVER span of a publish request, continuing the caller's trace.
-pub(super) fn server_span(route: &'static str, headers: &HeaderMap) -> Span {
-    server_span_for(route, &trace_context(headers))
+pub(super) fn server_span(route: Route, headers: &HeaderMap) -> Span {
+    server_span_for(route, &trace_context(headers), None)
 }
 
-/// The SERVER span of a publish request, continuing `trace`.
-fn server_span_for(route: &'static str, trace: &TraceContext) -> Span {
+/// The SERVER span of a publish request of `event_type` (when the path names a valid one),
+/// continuing `trace`.
+fn server_span_for(route: Route, trace: &TraceContext, event_type: Option<&str>) -> Span {
     let span = info_span!(
         "publish",
-        otel.name = %format!("POST {route}"),
+        otel.name = route.span_name,
         otel.kind = "server",
         otel.status_code = Empty,
         otel.status_description = Empty,
         http.request.method = "POST",
-        http.route = route,
+        http.route = route.path,
         http.response.status_code = Empty,
-        causeway.event_type = Empty,
+        causeway.event_type = event_type,
     );
     span.continue_trace(trace);
     span
@@ -287,6 +322,16 @@ async fn send(state: &ApiState, request: PublishRequest) -> Result<Accepted, Pro
     }
 }
 
+/// The headers a publish reads, named once: a name given as text is parsed on every lookup.
+const X_SCHEMA_VERSION: HeaderName = HeaderName::from_static("x-schema-version");
+const X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
+const X_CAUSATION_ID: HeaderName = HeaderName::from_static("x-causation-id");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const CE_TRACEPARENT: HeaderName = HeaderName::from_static("ce-traceparent");
+const CE_TRACESTATE: HeaderName = HeaderName::from_static("ce-tracestate");
+
 /// The optional headers of a publish, checked.
 struct HeaderFields {
     correlation_id: Option<String>,
@@ -297,23 +342,27 @@ struct HeaderFields {
 
 impl HeaderFields {
     fn parse(headers: &HeaderMap) -> Result<Self, Problem> {
-        let schema_version = match header_text(headers, "x-schema-version", 32)? {
+        let schema_version = match header_text(headers, &X_SCHEMA_VERSION, 32)? {
             Some(text) => Some(text.parse().map_err(|e| {
                 Problem::bad_request(format!("header X-Schema-Version {text:?}: {e}"))
             })?),
             None => None,
         };
         Ok(HeaderFields {
-            correlation_id: header_text(headers, "x-correlation-id", 128)?,
-            causation_id: header_text(headers, "x-causation-id", 128)?,
+            correlation_id: header_text(headers, &X_CORRELATION_ID, 128)?,
+            causation_id: header_text(headers, &X_CAUSATION_ID, 128)?,
             schema_version,
-            idempotency_key: header_text(headers, "idempotency-key", 255)?,
+            idempotency_key: header_text(headers, &IDEMPOTENCY_KEY, 255)?,
         })
     }
 }
 
 /// A header that must be printable ASCII of at most `max` characters, when present.
-fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<String>, Problem> {
+fn header_text(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    max: usize,
+) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
@@ -331,13 +380,14 @@ fn header_text(headers: &HeaderMap, name: &str, max: usize) -> Result<Option<Str
 /// CloudEvent in binary mode may name its trace in `ce-traceparent` (the Distributed
 /// Tracing extension).
 pub(super) fn trace_context(headers: &HeaderMap) -> TraceContext {
-    let bytes = |name: &str| headers.get(name).map(|v| v.as_bytes());
-    let trace = TraceContext::from_untrusted(bytes("traceparent"), bytes("tracestate"));
-    if trace.traceparent.is_some() || !headers.contains_key("ce-traceparent") {
+    let bytes = |name: &HeaderName| headers.get(name).map(|v| v.as_bytes());
+    let trace = TraceContext::from_untrusted(bytes(&TRACEPARENT), bytes(&TRACESTATE));
+    if trace.traceparent.is_some() || !headers.contains_key(&CE_TRACEPARENT) {
         return trace;
     }
-    let decoded = |name: &str| headers.get(name).and_then(|v| decode_header(v.as_bytes()));
-    let (traceparent, tracestate) = (decoded("ce-traceparent"), decoded("ce-tracestate"));
+    let decoded =
+        |name: &HeaderName| headers.get(name).and_then(|v| decode_header(v.as_bytes()));
+    let (traceparent, tracestate) = (decoded(&CE_TRACEPARENT), decoded(&CE_TRACESTATE));
     TraceContext::from_untrusted(
         traceparent.as_deref().map(str::as_bytes),
         tracestate.as_deref().map(str::as_bytes),

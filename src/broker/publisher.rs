@@ -114,7 +114,7 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        self.start(routing_key, body, properties)
+        self.start(routing_key.to_owned(), body, properties)
             .await?
             .confirmed()
             .await
@@ -124,7 +124,7 @@ impl Publisher {
     /// other reach the queue in that order; their confirms can be awaited together.
     pub async fn start(
         &self,
-        routing_key: &str,
+        routing_key: String,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<PendingConfirm, PublishError> {

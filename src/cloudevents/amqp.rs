@@ -2,11 +2,14 @@
 //! envelope carries, and CloudEvents that someone else published onto the exchange, read
 //! into envelopes instead of being dead-lettered as undecodable.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime},
+};
 
 use lapin::{
     BasicProperties,
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use serde_json::value::RawValue;
 
@@ -27,23 +30,56 @@ const PREFIXES: [&str; 4] = ["cloudEvents_", "cloudEvents:", "ce-", "ce_"];
 
 /// The envelope's AMQP properties ([`Envelope::properties_with`]) with its CloudEvents
 /// attributes as `cloudEvents_*` headers; `datacontenttype` is the message's content type.
+///
+/// Built on every publish: the header names of the standard attributes are constants, and
+/// values the attributes own already (the event id's text) move into the table uncopied.
 pub fn properties(
     envelope: &Envelope,
     trace: &TraceContext,
 ) -> Result<BasicProperties, EnvelopeError> {
     let mut headers = FieldTable::default();
     for (name, value) in attributes_of(envelope, trace) {
-        let Ok(key) = ShortString::try_new(format!("{PREFIX}{name}")) else {
-            continue;
+        let key = match header_name(name) {
+            Some(known) => ShortString::from(known),
+            None => {
+                let mut key = String::with_capacity(PREFIX.len() + name.len());
+                key.push_str(PREFIX);
+                key.push_str(name);
+                match ShortString::try_new(key) {
+                    Ok(key) => key,
+                    Err(_) => continue,
+                }
+            }
         };
         let value = match value {
-            Out::Text(value) => text(&value),
+            Out::Text(Cow::Borrowed(value)) => text(value),
+            Out::Text(Cow::Owned(value)) => AMQPValue::LongString(LongString::from(value)),
             Out::Bool(value) => AMQPValue::Boolean(value),
             Out::Int(value) => AMQPValue::LongLongInt(value),
         };
         headers.insert(key, value);
     }
     envelope.properties_with(trace, headers)
+}
+
+/// The header name of a standard attribute (or one of the envelope's extensions), without
+/// formatting it on every publish.
+fn header_name(attribute: &str) -> Option<&'static str> {
+    Some(match attribute {
+        "specversion" => "cloudEvents_specversion",
+        "id" => "cloudEvents_id",
+        "source" => "cloudEvents_source",
+        "type" => "cloudEvents_type",
+        "time" => "cloudEvents_time",
+        "subject" => "cloudEvents_subject",
+        "dataschema" => "cloudEvents_dataschema",
+        "correlationid" => "cloudEvents_correlationid",
+        "causationid" => "cloudEvents_causationid",
+        "schemaversion" => "cloudEvents_schemaversion",
+        "traceparent" => "cloudEvents_traceparent",
+        "tracestate" => "cloudEvents_tracestate",
+        _ => return None,
+    })
 }
 
 /// What a message from the broker holds.
@@ -236,4 +272,30 @@ fn version_of_key(routing_key: &str) -> SchemaVersion {
             major,
             minor: 0,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_header_names_are_the_prefix_and_the_attribute() {
+        for attribute in [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "time",
+            "subject",
+            "dataschema",
+            "correlationid",
+            "causationid",
+            "schemaversion",
+            "traceparent",
+            "tracestate",
+        ] {
+            assert_eq!(header_name(attribute), Some(&*format!("{PREFIX}{attribute}")));
+        }
+        assert_eq!(header_name("tenant"), None);
+    }
 }

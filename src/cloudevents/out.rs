@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use super::{MAX_EXTENSIONS, SPEC_VERSION, rules::is_extension_name};
-use crate::envelope::{Envelope, ExtensionValue, TraceContext};
+use crate::envelope::{Envelope, ExtensionValue, TraceContext, uuid_text};
 
 /// An attribute value on its way out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +39,9 @@ pub fn attributes_of<'a>(
     let text = |value: &'a str| Out::Text(Cow::Borrowed(value));
     let id = match kept.and_then(|k| k.id.as_deref()) {
         Some(id) => text(id),
-        None => Out::Text(Cow::Owned(envelope.event_id.to_string())),
+        None => Out::Text(Cow::Owned(
+            uuid_text(&envelope.event_id, &mut uuid::Uuid::encode_buffer()).to_owned(),
+        )),
     };
     let source = kept
         .and_then(|k| k.source.as_deref())
@@ -62,7 +64,7 @@ pub fn attributes_of<'a>(
     }
     out.push((
         "schemaversion",
-        Out::Text(Cow::Owned(envelope.schema_version.to_string())),
+        Out::Text(Cow::Owned(envelope.schema_version.text())),
     ));
     let mut traced = false;
     if let Some(kept) = kept {

@@ -311,5 +311,6 @@ proptest! {
         prop_assert_eq!(version, SchemaVersion { major, minor });
         let json = serde_json::to_string(&version).unwrap();
         prop_assert_eq!(serde_json::from_str::<SchemaVersion>(&json).unwrap(), version);
+        prop_assert_eq!(version.text(), version.to_string());
     }
 }

@@ -8,7 +8,11 @@
 mod http;
 mod process;
 
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, OnceLock, RwLock},
+    time::Duration,
+};
 
 pub use http::{Closed, HttpMetrics, Listener, OpenConnection, Refused};
 use prometheus_client::{
@@ -121,6 +125,29 @@ pub struct Metrics {
     flow_receipts: Family<OutcomeLabels, Counter>,
     http: HttpMetrics,
     event_types: Mutex<HashSet<String>>,
+    handles: Handles,
+}
+
+/// The outcomes of a publish, as `causeway_publishes_total` labels them; a publish's
+/// handles are kept in this order.
+const PUBLISH_OUTCOMES: [&str; 5] = ["accepted", "rejected", "unavailable", "timeout", "error"];
+
+/// Handles to the series every publish touches, taken from their families once: a
+/// family's lookup hashes the labels and takes its lock on every use.
+#[derive(Debug, Default)]
+struct Handles {
+    /// `causeway_publishes_total` by event type (within the cap), by outcome.
+    publishes: RwLock<HashMap<String, [OnceLock<Counter>; PUBLISH_OUTCOMES.len()]>>,
+    /// `causeway_publish_duration_seconds` by outcome.
+    publish_seconds: [OnceLock<Histogram>; PUBLISH_OUTCOMES.len()],
+    /// `causeway_in_flight` for publishes and for deliveries.
+    in_flight_publish: OnceLock<Gauge>,
+    in_flight_delivery: OnceLock<Gauge>,
+}
+
+/// Where `outcome` is in [`PUBLISH_OUTCOMES`].
+fn outcome_index(outcome: &str) -> Option<usize> {
+    PUBLISH_OUTCOMES.iter().position(|known| *known == outcome)
 }
 
 /// Bucket bounds, written out so that each `le` label is the decimal number as written:
@@ -279,6 +306,7 @@ impl Default for Metrics {
             flow_receipts,
             http,
             event_types: Mutex::default(),
+            handles: Handles::default(),
         }
     }
 }
@@ -294,6 +322,48 @@ impl Metrics {
 
     /// Counts a publish and how long it took.
     pub fn publish(&self, event_type: &str, outcome: &'static str, took: Duration) {
+        let Some(index) = outcome_index(outcome) else {
+            self.publish_uncached(event_type, outcome, took);
+            return;
+        };
+        let cached = crate::sync::read(&self.handles.publishes)
+            .get(event_type)
+            .and_then(|counters| counters[index].get().cloned());
+        let counter = match cached {
+            Some(counter) => counter,
+            None => self.publish_counter(event_type, index),
+        };
+        counter.inc();
+        self.handles.publish_seconds[index]
+            .get_or_init(|| {
+                self.publish_seconds
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .clone()
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The counter of a publish outcome, from its family, kept for next time when the event
+    /// type has a label of its own (the others share `other`, and are not kept).
+    fn publish_counter(&self, event_type: &str, index: usize) -> Counter {
+        let label = self.event_type_label(event_type);
+        let counter = self
+            .publishes
+            .get_or_create(&PublishLabels {
+                event_type: label.clone(),
+                outcome: PUBLISH_OUTCOMES[index],
+            })
+            .clone();
+        if label == event_type {
+            let mut handles = crate::sync::write(&self.handles.publishes);
+            let counters = handles.entry(label).or_default();
+            let _ = counters[index].set(counter.clone());
+        }
+        counter
+    }
+
+    /// [`Metrics::publish`] for an outcome outside [`PUBLISH_OUTCOMES`].
+    fn publish_uncached(&self, event_type: &str, outcome: &'static str, took: Duration) {
         let event_type = self.event_type_label(event_type);
         self.publishes
             .get_or_create(&PublishLabels {
@@ -380,7 +450,12 @@ impl Metrics {
 
     /// A guard counting one publish (or delivery) in flight while it lives.
     pub fn in_flight(&self, kind: &'static str) -> InFlight {
-        let gauge = self.in_flight.get_or_create(&KindLabels { kind }).clone();
+        let family = || self.in_flight.get_or_create(&KindLabels { kind }).clone();
+        let gauge = match kind {
+            "publish" => self.handles.in_flight_publish.get_or_init(family).clone(),
+            "delivery" => self.handles.in_flight_delivery.get_or_init(family).clone(),
+            _ => family(),
+        };
         gauge.inc();
         InFlight(gauge)
     }
@@ -571,5 +646,34 @@ mod tests {
             text.contains("event_type=\"other\",outcome=\"accepted\"} 5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn kept_handles_count_in_their_families() {
+        let metrics = Metrics::default();
+        for n in 0..MAX_EVENT_TYPES + 2 {
+            metrics.publish(&format!("Type{n}"), "accepted", Duration::ZERO);
+        }
+        // Again, now that the handles are kept; the types past the cap share `other`.
+        for _ in 0..3 {
+            metrics.publish("Type0", "accepted", Duration::from_millis(1));
+            metrics.publish("Type0", "timeout", Duration::from_millis(1));
+            metrics.publish(&format!("Type{MAX_EVENT_TYPES}"), "accepted", Duration::ZERO);
+        }
+        metrics.publish("Type0", "throttled", Duration::ZERO);
+        let in_flight = [metrics.in_flight("publish"), metrics.in_flight("publish")];
+        let text = metrics.encode();
+        for line in [
+            "causeway_publishes_total{event_type=\"Type0\",outcome=\"accepted\"} 4",
+            "causeway_publishes_total{event_type=\"Type0\",outcome=\"timeout\"} 3",
+            "causeway_publishes_total{event_type=\"Type0\",outcome=\"throttled\"} 1",
+            "causeway_publishes_total{event_type=\"other\",outcome=\"accepted\"} 5",
+            "causeway_publish_duration_seconds_count{outcome=\"timeout\"} 3",
+            "causeway_in_flight{kind=\"publish\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        drop(in_flight);
+        assert!(metrics.encode().contains("causeway_in_flight{kind=\"publish\"} 0"));
     }
 }

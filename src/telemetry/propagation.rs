@@ -1,10 +1,8 @@
 //! W3C trace context across HTTP and AMQP, and the trace id for log lines.
 
-use std::collections::HashMap;
-
 use lapin::BasicProperties;
 use opentelemetry::{
-    propagation::TextMapPropagator,
+    propagation::{Extractor, Injector, TextMapPropagator},
     trace::{TraceContextExt, TraceId},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -14,14 +12,7 @@ use crate::{amqp::bytes_header, envelope::TraceContext};
 
 /// The OpenTelemetry context a `traceparent`/`tracestate` pair describes.
 pub fn context_of(trace: &TraceContext) -> opentelemetry::Context {
-    let mut carrier = HashMap::new();
-    if let Some(traceparent) = &trace.traceparent {
-        carrier.insert("traceparent".to_owned(), traceparent.clone());
-    }
-    if let Some(tracestate) = &trace.tracestate {
-        carrier.insert("tracestate".to_owned(), tracestate.clone());
-    }
-    TraceContextPropagator::new().extract(&carrier)
+    TraceContextPropagator::new().extract(&Carrier(trace))
 }
 
 /// The `traceparent`/`tracestate` naming `span`, or `None` when it has no valid context
@@ -31,12 +22,44 @@ pub fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
     if !context.span().span_context().is_valid() {
         return None;
     }
-    let mut carrier: HashMap<String, String> = HashMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    Some(TraceContext {
-        traceparent: carrier.remove("traceparent"),
-        tracestate: carrier.remove("tracestate").filter(|s| !s.is_empty()),
-    })
+    let mut trace = TraceContext::default();
+    TraceContextPropagator::new().inject_context(&context, &mut trace);
+    Some(trace)
+}
+
+/// A trace context read by the propagator as it is, with no map of headers in between.
+struct Carrier<'a>(&'a TraceContext);
+
+impl Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.0.traceparent.as_deref(),
+            "tracestate" => self.0.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        let mut keys = Vec::with_capacity(2);
+        if self.0.traceparent.is_some() {
+            keys.push("traceparent");
+        }
+        if self.0.tracestate.is_some() {
+            keys.push("tracestate");
+        }
+        keys
+    }
+}
+
+/// The propagator writes straight into a trace context; an empty `tracestate` is none.
+impl Injector for TraceContext {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            "traceparent" => self.traceparent = Some(value),
+            "tracestate" => self.tracestate = Some(value).filter(|s| !s.is_empty()),
+            _ => {}
+        }
+    }
 }
 
 /// The trace context a publisher put in a message's headers, by the same rules as the
