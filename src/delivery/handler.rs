@@ -215,17 +215,13 @@ impl Context {
         else {
             return;
         };
-        if let Err(error) = self
-            .store
-            .remember_correlation(
-                &envelope.event_id.to_string(),
-                &envelope.correlation_id,
-                self.retention,
-            )
-            .await
-        {
-            warn!(%error, event_id = %envelope.event_id, "cannot remember the correlation id");
-        }
+        // Events the app publishes in reaction find the correlation id from now on.
+        let mut event_id = uuid::Uuid::encode_buffer();
+        let claim = claim.holding(self.store.hold_correlation(
+            envelope.event_id.hyphenated().encode_lower(&mut event_id),
+            &envelope.correlation_id,
+            self.retention,
+        ));
         // Rendered once for every attempt: the message as is in causeway's format, unless
         // it was a CloudEvent from another producer.
         let wire = (!foreign).then_some(delivery.data.as_slice());
