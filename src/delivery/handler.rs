@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
+    acks::Acks,
     app::{AppClient, Outgoing},
     claim::ClaimGuard,
     fate::Fate,
@@ -77,6 +78,8 @@ pub(crate) struct Context {
     pub(crate) service: String,
     /// Where hop outcomes are written down for the flows.
     pub(crate) receipts: Receipts,
+    /// The acks of the subscription's channel.
+    pub(crate) acks: Arc<Acks>,
 }
 
 impl Context {
