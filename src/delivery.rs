@@ -6,6 +6,7 @@
 //! wait queue, or dead-letter with the reason. [`DeadLetters`] lists, replays and purges
 //! what ended in a dead-letter queue.
 
+mod acks;
 mod app;
 mod claim;
 mod consumer;

@@ -16,7 +16,7 @@ use std::{
 use crate::envelope::EventIdentity;
 use serde::{Deserialize, Serialize};
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, HeldCorrelation};
 pub use redis::RedisDedup;
 
 /// A boxed future, so that the store traits stay usable as trait objects.
@@ -87,6 +87,19 @@ pub trait DedupStore: Send + Sync + 'static {
         key: &'a str,
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Records `key` as done like [`complete`](Self::complete), with the correlation id the
+    /// delivery `held`: a store that keeps it too writes both in one change, and the guard is
+    /// spent; any other leaves it to the guard, which writes it down when dropped.
+    fn complete_holding<'a>(
+        &'a self,
+        key: &'a str,
+        retention: Duration,
+        held: &'a mut HeldCorrelation,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = held;
+        self.complete(key, retention)
+    }
 
     /// Ends a claim without marking the event done (the delivery failed).
     fn release<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;

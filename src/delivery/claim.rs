@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use tracing::warn;
 
-use crate::store::{DedupStore, StoreError};
+use crate::store::{DedupStore, HeldCorrelation, StoreError};
 
 /// The lease on one `{subscription}/{event_id}` key. Ends with [`ClaimGuard::complete`]
 /// (the app accepted the event) or [`ClaimGuard::release`]; dropped unended — an early
@@ -15,6 +15,9 @@ pub(crate) struct ClaimGuard {
     dedup: Arc<dyn DedupStore>,
     key: String,
     held: bool,
+    /// The event's correlation id, written with the event's record when it completes, or on
+    /// its own when the guard ends otherwise.
+    correlation: Option<HeldCorrelation>,
 }
 
 impl ClaimGuard {
@@ -24,7 +27,14 @@ impl ClaimGuard {
             dedup,
             key,
             held: true,
+            correlation: None,
         }
+    }
+
+    /// Keeps the event's correlation id with the claim.
+    pub(crate) fn holding(mut self, correlation: Option<HeldCorrelation>) -> Self {
+        self.correlation = correlation;
+        self
     }
 
     /// The claimed key.
@@ -35,7 +45,14 @@ impl ClaimGuard {
     /// Records the event as done for `retention`, which ends the claim. On failure the
     /// claim is still held.
     pub(crate) async fn complete(&mut self, retention: Duration) -> Result<(), StoreError> {
-        self.dedup.complete(&self.key, retention).await?;
+        match &mut self.correlation {
+            Some(correlation) => {
+                self.dedup
+                    .complete_holding(&self.key, retention, correlation)
+                    .await?;
+            }
+            None => self.dedup.complete(&self.key, retention).await?,
+        }
         self.held = false;
         Ok(())
     }

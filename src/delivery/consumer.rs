@@ -14,6 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use super::{
+    acks::Acks,
     app::AppClient,
     handler::Context,
     topology::{self, Queues},
@@ -142,6 +143,7 @@ impl Shared {
             schemas: self.schemas.clone(),
             service: self.service.clone(),
             receipts: self.receipts.clone(),
+            acks: Acks::new(),
         });
         let stop = CancellationToken::new();
         let task = tasks.spawn(consume(
@@ -203,6 +205,8 @@ async fn consume(
 ) -> Result<(), ConsumerError> {
     let deliveries = TaskTracker::new();
     let ordered = context.subscription.spec.ordered;
+    let acking = CancellationToken::new();
+    let acker = tokio::spawn(context.acks.clone().run(channel.clone(), acking.clone()));
     let ended = loop {
         let next = tokio::select! {
             _ = stop.cancelled() => break Ok(()),
@@ -213,6 +217,7 @@ async fn consume(
             Some(Err(error)) => break Err(ConsumerError::Broker(error)),
             None => break Err(ConsumerError::Cancelled),
         };
+        context.acks.received(delivery.delivery_tag);
         let context = context.clone();
         let task_stop = stop.clone();
         let task = deliveries.spawn(async move { context.handle(delivery, &task_stop).await });
@@ -236,6 +241,11 @@ async fn consume(
             subscription = %context.subscription.name,
             "deliveries still in flight at the end of the grace period go back to the broker"
         );
+    }
+    // The acks of the deliveries done go out before the channel closes.
+    acking.cancel();
+    if timeout(CLOSE_TIMEOUT, acker).await.is_err() {
+        debug!("sending the last acks timed out");
     }
     // Deliveries prefetched but never started go back to the queue with the channel.
     if channel.status().connected() {

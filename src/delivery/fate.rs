@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::{
     BasicProperties,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
+    options::BasicNackOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::time::Instant;
@@ -57,8 +57,8 @@ impl Context {
     /// queue instead: never both lost, never acked without a copy.
     pub(crate) async fn settle(&self, delivery: &Delivery, fate: Fate<'_>) {
         let (queue, properties) = match fate {
-            Fate::Ack => return ack(delivery).await,
-            Fate::Requeue => return requeue(delivery).await,
+            Fate::Ack => return self.ack(delivery),
+            Fate::Requeue => return self.requeue(delivery).await,
             Fate::Wait {
                 delay,
                 attempts,
@@ -105,12 +105,30 @@ impl Context {
             .publish_to_queue(queue, &delivery.data, properties)
             .await
         {
-            Ok(()) => ack(delivery).await,
+            Ok(()) => self.ack(delivery),
             Err(error) => {
                 warn!(%error, queue, "cannot move the message; it goes back to its queue");
-                requeue(delivery).await;
+                self.requeue(delivery).await;
             }
         }
+    }
+
+    /// Acks with the channel's next batch. A failed ack means the channel is gone: the
+    /// broker redelivers the message and dedup catches the copy.
+    fn ack(&self, delivery: &Delivery) {
+        self.acks.ack(delivery.delivery_tag);
+    }
+
+    /// Returns the message to its queue; a batch of acks covers it only once that is sent.
+    async fn requeue(&self, delivery: &Delivery) {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(error) = delivery.acker.nack(options).await {
+            debug!(%error, "requeue failed");
+        }
+        self.acks.let_go(delivery.delivery_tag);
     }
 
     async fn publish_to_queue(
@@ -134,23 +152,6 @@ impl Context {
             self.republish.nacked();
         }
         published
-    }
-}
-
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-        // The channel is gone; the broker redelivers and dedup catches the copy.
-        debug!(%error, "ack failed");
-    }
-}
-
-async fn requeue(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if let Err(error) = delivery.acker.nack(options).await {
-        debug!(%error, "requeue failed");
     }
 }
 

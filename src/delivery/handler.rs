@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
+    acks::Acks,
     app::{AppClient, Outgoing},
     claim::ClaimGuard,
     fate::Fate,
@@ -77,6 +78,8 @@ pub(crate) struct Context {
     pub(crate) service: String,
     /// Where hop outcomes are written down for the flows.
     pub(crate) receipts: Receipts,
+    /// The acks of the subscription's channel.
+    pub(crate) acks: Arc<Acks>,
 }
 
 impl Context {
@@ -215,17 +218,13 @@ impl Context {
         else {
             return;
         };
-        if let Err(error) = self
-            .store
-            .remember_correlation(
-                &envelope.event_id.to_string(),
-                &envelope.correlation_id,
-                self.retention,
-            )
-            .await
-        {
-            warn!(%error, event_id = %envelope.event_id, "cannot remember the correlation id");
-        }
+        // Events the app publishes in reaction find the correlation id from now on.
+        let mut event_id = uuid::Uuid::encode_buffer();
+        let claim = claim.holding(self.store.hold_correlation(
+            envelope.event_id.hyphenated().encode_lower(&mut event_id),
+            &envelope.correlation_id,
+            self.retention,
+        ));
         // Rendered once for every attempt: the message as is in causeway's format, unless
         // it was a CloudEvent from another producer.
         let wire = (!foreign).then_some(delivery.data.as_slice());

@@ -7,6 +7,8 @@
 //! on disk. Writes that need not survive a crash on their own ("lazy") ride along with the
 //! next durable commit.
 
+mod changes;
+mod correlations;
 mod flows;
 mod writer;
 
@@ -27,9 +29,12 @@ use crate::{
 };
 
 use super::{
-    BoxFuture, Claim, CorrelationMemory, DedupStore, IdempotencyRecord, IdempotencyStore,
-    StoreError, expiry_after, now_ms,
+    BoxFuture, Claim, DedupStore, IdempotencyRecord, IdempotencyStore, StoreError, expiry_after,
+    now_ms,
 };
+use changes::{Change, DELIVERY, Job};
+pub use correlations::HeldCorrelation;
+use correlations::{Forget, Uncommitted};
 
 /// Tables whose values are an expiry (8 bytes, big-endian, ms since the epoch) then data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +69,15 @@ impl Expiring {
     fn from_name(name: &str) -> Option<Expiring> {
         Self::ALL.into_iter().find(|t| t.name() == name)
     }
+
+    /// Its place in [`ALL`](Self::ALL).
+    fn index(self) -> usize {
+        match self {
+            Expiring::Idempotency => 0,
+            Expiring::Delivered => 1,
+            Expiring::Correlations => 2,
+        }
+    }
 }
 
 /// Expiry index: (expires at ms, table, key). Lets the sweeper find old records without a
@@ -83,14 +97,44 @@ const SWEEP_LIMIT: usize = 10_000;
 /// pages are still in the kernel's page cache.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
-type Job = Box<dyn FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send>;
-/// Called with the outcome of the commit that carried a write.
-type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
 struct WriteRequest {
-    job: Job,
+    change: Change,
     durable: bool,
     done: Done,
+}
+
+/// Who hears of the outcome of the commit that carried a write.
+struct Done {
+    /// The caller, when it waits for the outcome.
+    reply: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// A held correlation the write put in the file, which memory can let go of.
+    forget: Option<Forget>,
+}
+
+impl Done {
+    /// Nobody hears of it.
+    fn nobody() -> Self {
+        Done {
+            reply: None,
+            forget: None,
+        }
+    }
+
+    fn forgetting(forget: Forget) -> Self {
+        Done {
+            reply: None,
+            forget: Some(forget),
+        }
+    }
+
+    fn finish(self, outcome: Result<(), StoreError>) {
+        if let Some(forget) = self.forget {
+            forget.run();
+        }
+        if let Some(reply) = self.reply {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 /// The database, or why there is none for now. redb allows one open `Database` per file in
@@ -133,8 +177,8 @@ pub struct EmbeddedStore {
     /// Dedup claims are leases of this process only: they live in memory, and a crash
     /// releases them, as it should.
     claims: Arc<Mutex<HashMap<String, Instant>>>,
-    /// Correlation ids queued for the file but not committed yet, by event id.
-    uncommitted_correlations: Arc<Mutex<HashMap<String, String>>>,
+    /// Correlation ids held or queued for the file but not committed yet, by event id.
+    uncommitted_correlations: Uncommitted,
     /// The writer thread, which closes the file once every handle is gone.
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -240,23 +284,44 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, redb::Error> + Send + 'static,
     {
-        self.check_open()?;
         let (value_tx, value_rx) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
             let value = job(txn)?;
             let _ = value_tx.send(value);
             Ok(())
         });
-        let (done, committed) = oneshot::channel();
-        let done: Done = Box::new(move |outcome| {
-            let _ = done.send(outcome);
-        });
+        self.submit_change(Change::Job(job), durable).await?;
+        value_rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues `change` and returns once the commit that carried it is over.
+    async fn submit_change(&self, change: Change, durable: bool) -> Result<(), StoreError> {
+        self.submit_done(change, durable, None).await
+    }
+
+    /// Queues `change`, whose commit lets memory `forget` a held correlation, and returns
+    /// once the commit is over.
+    async fn submit_done(
+        &self,
+        change: Change,
+        durable: bool,
+        forget: Option<Forget>,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        let (reply, committed) = oneshot::channel();
+        let done = Done {
+            reply: Some(reply),
+            forget,
+        };
         self.writes
-            .send(WriteRequest { job, durable, done })
+            .send(WriteRequest {
+                change,
+                durable,
+                done,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
-        committed.await.map_err(|_| StoreError::Closed)??;
-        value_rx.await.map_err(|_| StoreError::Closed)
+        committed.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Removes expired records every minute until `shutdown`.
@@ -302,48 +367,8 @@ impl EmbeddedStore {
         expires_at: u64,
         durable: bool,
     ) -> Result<(), StoreError> {
-        self.submit(put_job(table, key, data, expires_at), durable)
+        self.submit_change(Change::put(table, key, data, expires_at), durable)
             .await
-    }
-
-    /// Remembers the correlation id of an event delivered here, so that events the app
-    /// publishes in reaction can inherit it. Lazy: returns once the write is queued, and
-    /// the record rides along with the next commit (a crash may forget it; the redelivery
-    /// that follows writes it again). Until then it is answered from memory. While the store
-    /// is unavailable the id is not kept, as a crash would lose it: the failure is counted
-    /// in the store's metrics and its state logged once, not per event.
-    pub async fn remember_correlation(
-        &self,
-        event_id: &str,
-        correlation_id: &str,
-        retention: Duration,
-    ) -> Result<(), StoreError> {
-        if self.check_open().is_err() {
-            return Ok(());
-        }
-        let expires_at = expiry_after(retention);
-        let job = put_job(
-            Expiring::Correlations,
-            event_id,
-            correlation_id.as_bytes(),
-            expires_at,
-        );
-        lock(&self.uncommitted_correlations).insert(event_id.to_owned(), correlation_id.to_owned());
-        let uncommitted = self.uncommitted_correlations.clone();
-        let event_id = event_id.to_owned();
-        // Whatever the commit's outcome, the file now answers (or the record is lost, as a
-        // crash would lose it).
-        let done: Done = Box::new(move |_| {
-            lock(&uncommitted).remove(&event_id);
-        });
-        self.writes
-            .send(WriteRequest {
-                job: Box::new(job),
-                durable: false,
-                done,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)
     }
 
     /// Stores an API-made subscription's spec (JSON), durably.
@@ -386,38 +411,6 @@ impl EmbeddedStore {
 
     fn claims(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         lock(&self.claims)
-    }
-}
-
-/// A job that stores a record expiring at `expires_at` (ms since the epoch) and indexes its
-/// expiry.
-fn put_job(
-    table: Expiring,
-    key: &str,
-    data: &[u8],
-    expires_at: u64,
-) -> impl FnOnce(&WriteTransaction) -> Result<(), redb::Error> + Send + 'static {
-    let mut value = Vec::with_capacity(8 + data.len());
-    value.extend_from_slice(&expires_at.to_be_bytes());
-    value.extend_from_slice(data);
-    let key = key.to_owned();
-    move |txn: &WriteTransaction| {
-        txn.open_table(table.table())?
-            .insert(key.as_str(), value.as_slice())?;
-        txn.open_table(EXPIRY)?
-            .insert((expires_at, table.name(), key.as_str()), ())?;
-        Ok(())
-    }
-}
-
-impl CorrelationMemory for EmbeddedStore {
-    fn correlation_of(&self, event_id: &str) -> Result<Option<String>, StoreError> {
-        if let Some(correlation_id) = lock(&self.uncommitted_correlations).get(event_id) {
-            return Ok(Some(correlation_id.clone()));
-        }
-        Ok(self
-            .get_expiring(Expiring::Correlations, event_id)?
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
 
@@ -494,10 +487,41 @@ impl DedupStore for EmbeddedStore {
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            self.put_expiring(Expiring::Delivered, key, &[], expiry_after(retention), true)
-                .await?;
+            let change = Change::Delivered {
+                key: key.to_owned(),
+                correlation: None,
+                expires_at: expiry_after(retention),
+            };
+            self.submit_change(change, true).await?;
             // Only once recorded: until then the delivery still holds the event, and a copy
             // that arrives meanwhile must wait rather than reach the app again.
+            self.claims().remove(key);
+            Ok(())
+        })
+    }
+
+    fn complete_holding<'a>(
+        &'a self,
+        key: &'a str,
+        retention: Duration,
+        held: &'a mut HeldCorrelation,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        // One index entry covers both records when the key names the held event.
+        let names_event = key
+            .rsplit_once('/')
+            .is_some_and(|(_, event_id)| event_id == held.event_id);
+        if held.written || !self.holds(held) || !names_event {
+            return self.complete(key, retention);
+        }
+        Box::pin(async move {
+            let change = Change::Delivered {
+                key: key.to_owned(),
+                correlation: Some(held.correlation_id.clone()),
+                expires_at: expiry_after(retention),
+            };
+            let forget = self.forget(held);
+            self.submit_done(change, true, Some(forget)).await?;
+            held.written = true;
             self.claims().remove(key);
             Ok(())
         })
@@ -565,18 +589,30 @@ fn sweep(txn: &WriteTransaction, now: u64) -> Result<usize, redb::Error> {
     let mut removed = 0;
     for (expires_at, table, name) in &due {
         index.remove((*expires_at, table.as_str(), name.as_str()))?;
-        let Some(kind) = Expiring::from_name(table) else {
-            continue;
+        let records = match (Expiring::from_name(table), table.as_str()) {
+            (Some(kind), _) => vec![(kind, name.as_str())],
+            // A delivery's dedup record and its event's correlation, under one entry.
+            (None, DELIVERY) => {
+                let event_id = name.rsplit_once('/').map_or("", |(_, id)| id);
+                vec![
+                    (Expiring::Delivered, name.as_str()),
+                    (Expiring::Correlations, event_id),
+                ]
+            }
+            (None, _) => continue,
         };
-        let mut data = txn.open_table(kind.table())?;
-        // A later write may have extended the record; only drop it when it really expired.
-        let expired = match data.get(name.as_str())? {
-            Some(value) => split_value(value.value()).0 <= now,
-            None => false,
-        };
-        if expired {
-            data.remove(name.as_str())?;
-            removed += 1;
+        for (kind, name) in records {
+            let mut data = txn.open_table(kind.table())?;
+            // A later write may have extended the record; only drop it when it really
+            // expired.
+            let expired = match data.get(name)? {
+                Some(value) => split_value(value.value()).0 <= now,
+                None => false,
+            };
+            if expired {
+                data.remove(name)?;
+                removed += 1;
+            }
         }
     }
     Ok(removed + flows::sweep(txn, now, SWEEP_LIMIT)?)

@@ -10,9 +10,12 @@ use std::{
     time::Duration,
 };
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use super::{EmbeddedStore, Expiring, put_job};
+use super::{
+    EmbeddedStore, Expiring,
+    changes::{self, Change},
+};
 use crate::{
     flow::{FlowStore, Kind, MAX_RECEIPTS, Receipt, Route, Scope},
     store::{BoxFuture, StoreError, expiry_after, now_ms},
@@ -53,57 +56,9 @@ impl FlowStore for EmbeddedStore {
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let expires_at = expiry_after(retention);
-            let mut rows = Vec::with_capacity(receipts.len());
-            let mut events = Vec::new();
-            let mut flows: Vec<String> = Vec::new();
-            for receipt in receipts {
-                let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-                let key = format!(
-                    "{}{SEPARATOR}{:016x}{sequence:08x}",
-                    receipt.correlation_id, receipt.at_ms
-                );
-                rows.push((key, serde_json::to_vec(receipt)?));
-                // Delivered events are remembered by the delivery itself; published ones here,
-                // so that an event id finds its flow.
-                if receipt.kind == Kind::Published {
-                    events.push(put_job(
-                        Expiring::Correlations,
-                        &receipt.event.event_id,
-                        receipt.correlation_id.as_bytes(),
-                        expires_at,
-                    ));
-                }
-                if !flows.contains(&receipt.correlation_id) {
-                    flows.push(receipt.correlation_id.clone());
-                }
-            }
+            let append = Append::of(receipts, expiry_after(retention))?;
             // Receipts are not worth an fsync of their own: they ride with the next one.
-            self.submit(
-                move |txn| {
-                    let mut table = txn.open_table(RECEIPTS)?;
-                    for (key, value) in &rows {
-                        table.insert(key.as_str(), value.as_slice())?;
-                    }
-                    for job in events {
-                        job(txn)?;
-                    }
-                    let mut by_flow = txn.open_table(EXPIRY_BY_FLOW)?;
-                    let mut ordered = txn.open_table(FLOWS)?;
-                    for flow in &flows {
-                        let before = by_flow
-                            .insert(flow.as_str(), expires_at)?
-                            .map(|v| v.value());
-                        if let Some(before) = before {
-                            ordered.remove((before, flow.as_str()))?;
-                        }
-                        ordered.insert((expires_at, flow.as_str()), ())?;
-                    }
-                    Ok(())
-                },
-                false,
-            )
-            .await
+            self.submit_change(Change::Receipts(append), false).await
         })
     }
 
@@ -211,6 +166,92 @@ impl FlowStore for EmbeddedStore {
             .await
         })
     }
+}
+
+/// A batch of receipts as the writer thread stores it: each receipt under its key, the flow
+/// of each published event, and the new expiry of each flow.
+pub(super) struct Append {
+    rows: Vec<(String, Vec<u8>)>,
+    /// Correlation records (expiry then correlation id) by event id.
+    events: Vec<(String, Vec<u8>)>,
+    flows: Vec<String>,
+    expires_at: u64,
+}
+
+impl Append {
+    /// `receipts`, encoded, for flows kept until `expires_at`.
+    fn of(receipts: &[Receipt], expires_at: u64) -> Result<Self, StoreError> {
+        let mut rows = Vec::with_capacity(receipts.len());
+        let mut events = Vec::new();
+        let mut flows: Vec<String> = Vec::new();
+        for receipt in receipts {
+            let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+            let key = format!(
+                "{}{SEPARATOR}{:016x}{sequence:08x}",
+                receipt.correlation_id, receipt.at_ms
+            );
+            rows.push((key, serde_json::to_vec(receipt)?));
+            // Delivered events are remembered by the delivery itself; published ones here,
+            // so that an event id finds its flow.
+            if receipt.kind == Kind::Published {
+                let mut value = Vec::with_capacity(8 + receipt.correlation_id.len());
+                value.extend_from_slice(&expires_at.to_be_bytes());
+                value.extend_from_slice(receipt.correlation_id.as_bytes());
+                events.push((receipt.event.event_id.clone(), value));
+            }
+            if flows.last() != Some(&receipt.correlation_id) {
+                flows.push(receipt.correlation_id.clone());
+            }
+        }
+        // In key order, the inserts walk each table from one end to the other.
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        flows.sort_unstable();
+        flows.dedup();
+        Ok(Append {
+            rows,
+            events,
+            flows,
+            expires_at,
+        })
+    }
+}
+
+/// The flow tables of one write transaction, opened at their first use.
+#[derive(Default)]
+pub(super) struct Tables<'txn> {
+    receipts: Option<Table<'txn, &'static str, &'static [u8]>>,
+    by_flow: Option<Table<'txn, &'static str, u64>>,
+    ordered: Option<Table<'txn, (u64, &'static str), ()>>,
+}
+
+/// Stores a batch of receipts.
+pub(super) fn apply(tables: &mut changes::Tables<'_>, append: Append) -> Result<(), redb::Error> {
+    let Append {
+        rows,
+        events,
+        flows,
+        expires_at,
+    } = append;
+    let txn = tables.txn();
+    let receipts = changes::open(txn, &mut tables.flows.receipts, RECEIPTS)?;
+    for (key, value) in &rows {
+        receipts.insert(key.as_str(), value.as_slice())?;
+    }
+    for (event_id, value) in &events {
+        tables.put(Expiring::Correlations, event_id, value, expires_at)?;
+    }
+    for flow in &flows {
+        let by_flow = changes::open(txn, &mut tables.flows.by_flow, EXPIRY_BY_FLOW)?;
+        let before = by_flow
+            .insert(flow.as_str(), expires_at)?
+            .map(|v| v.value());
+        let ordered = changes::open(txn, &mut tables.flows.ordered, FLOWS)?;
+        if let Some(before) = before {
+            ordered.remove((before, flow.as_str()))?;
+        }
+        ordered.insert((expires_at, flow.as_str()), ())?;
+    }
+    Ok(())
 }
 
 /// Creates the flow tables, so that reads find them before the first write.

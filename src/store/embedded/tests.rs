@@ -1,5 +1,6 @@
 use super::*;
 use crate::health::{Store, StoreHealth, StoreState};
+use crate::store::CorrelationMemory;
 use uuid::Uuid;
 
 fn record(expires_at_ms: u64) -> IdempotencyRecord {
@@ -132,30 +133,113 @@ async fn an_expired_lease_can_be_claimed_again() {
 }
 
 #[tokio::test]
-async fn correlations_are_remembered_lazily_and_found_later() {
+async fn a_held_correlation_is_answered_from_memory_then_written_with_the_delivery() {
     let dir = TempDir::new();
+    let day = Duration::from_secs(86_400);
     {
         let store = EmbeddedStore::open(&dir.0).unwrap();
-        store
-            .remember_correlation("e1", "flow-1", Duration::from_secs(60))
-            .await
-            .unwrap();
+        let mut held = store.hold_correlation("e1", "flow-1", day).unwrap();
         assert_eq!(
             store.correlation_of("e1").unwrap().as_deref(),
             Some("flow-1")
         );
-        // A durable commit after a lazy one makes both durable.
+        assert_eq!(store.claim("s/e1", day).await.unwrap(), Claim::Acquired);
         store
-            .complete("s/e1", Duration::from_secs(60))
+            .complete_holding("s/e1", day, &mut held)
             .await
             .unwrap();
+        drop(held);
+        assert!(
+            lock(&store.uncommitted_correlations).is_empty(),
+            "memory let go of it once the file had it"
+        );
+        // One expiry entry covers both records of the delivery.
+        let entries = store
+            .write(|txn| {
+                let index = txn.open_table(EXPIRY)?;
+                let mut entries = Vec::new();
+                for entry in index.iter()? {
+                    let (key, _) = entry?;
+                    let (_, table, name) = key.value();
+                    entries.push(format!("{table} {name}"));
+                }
+                Ok(entries)
+            })
+            .await
+            .unwrap();
+        assert_eq!(entries, ["delivery s/e1"]);
     }
     let store = reopen(&dir.0).await;
     assert_eq!(
         store.correlation_of("e1").unwrap().as_deref(),
         Some("flow-1")
     );
+    assert_eq!(store.claim("s/e1", day).await.unwrap(), Claim::Done);
     assert_eq!(store.correlation_of("e2").unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_correlation_held_by_a_failed_delivery_is_written_on_its_own() {
+    let dir = TempDir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    let held = store
+        .hold_correlation("e1", "flow-1", Duration::from_secs(60))
+        .unwrap();
+    drop(held);
+    // Lazy: it rides with the next durable commit, and is answered from memory until then.
+    assert_eq!(
+        store.correlation_of("e1").unwrap().as_deref(),
+        Some("flow-1")
+    );
+    store
+        .complete("s/other", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lock(&store.uncommitted_correlations).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the correlation was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        store.correlation_of("e1").unwrap().as_deref(),
+        Some("flow-1")
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_and_its_correlation_expire_and_are_swept_together() {
+    let dir = TempDir::new();
+    let store = EmbeddedStore::open(&dir.0).unwrap();
+    let mut held = store
+        .hold_correlation("e1", "flow-1", Duration::from_millis(1))
+        .unwrap();
+    store
+        .complete_holding("s/e1", Duration::from_millis(1), &mut held)
+        .await
+        .unwrap();
+    // Delivered to a second subscription later, kept longer: its correlation stays.
+    let mut again = store
+        .hold_correlation("e2", "flow-2", Duration::from_secs(60))
+        .unwrap();
+    store
+        .complete_holding("t/e2", Duration::from_secs(60), &mut again)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let removed = store.write(|txn| sweep(txn, now_ms())).await.unwrap();
+    assert_eq!(removed, 2, "the dedup record and the correlation of e1");
+    assert_eq!(store.correlation_of("e1").unwrap(), None);
+    assert_eq!(
+        store.claim("s/e1", Duration::from_secs(5)).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.correlation_of("e2").unwrap().as_deref(),
+        Some("flow-2")
+    );
 }
 
 #[tokio::test]

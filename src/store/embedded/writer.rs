@@ -12,7 +12,11 @@ use redb::{Database, Durability};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tracing::debug;
 
-use super::{Job, Shared, Slot, StoreError, WriteRequest, is_io, open_database};
+use super::{
+    Done, Shared, Slot, StoreError, WriteRequest,
+    changes::{Change, Tables},
+    is_io, open_database,
+};
 use crate::sync::lock;
 
 /// Most writes committed in one transaction.
@@ -50,9 +54,9 @@ pub(super) fn start(
 /// A durable write that changes nothing: it tells whether the file takes writes.
 pub(super) fn probe() -> WriteRequest {
     WriteRequest {
-        job: Box::new(|_| Ok(())),
+        change: Change::Job(Box::new(|_| Ok(()))),
         durable: true,
-        done: Box::new(|_| {}),
+        done: Done::nobody(),
     }
 }
 
@@ -65,28 +69,26 @@ struct Writer {
 impl Writer {
     /// Commits until every sender is gone.
     fn run(mut self, mut db: Arc<Database>) {
+        let mut changes = Vec::with_capacity(MAX_BATCH);
+        let mut waiters: Vec<Done> = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = self.queue.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.queue.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
-            let durable = batch.iter().any(|r| r.durable);
-            let mut jobs = Vec::with_capacity(batch.len());
-            let mut waiters = Vec::with_capacity(batch.len());
-            for request in batch {
-                jobs.push(request.job);
+            let mut durable = false;
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                durable |= request.durable;
+                changes.push(request.change);
                 waiters.push(request.done);
+                if changes.len() < MAX_BATCH {
+                    next = self.queue.try_recv().ok();
+                }
             }
             let started = Instant::now();
             let health = &self.shared.health;
-            match commit(&db, jobs, durable) {
+            match commit(&db, changes.drain(..), durable) {
                 Ok(()) => {
                     health.succeeded(started);
-                    for done in waiters {
-                        done(Ok(()));
+                    for done in waiters.drain(..) {
+                        done.finish(Ok(()));
                     }
                 }
                 Err(error) if is_io(&error) => {
@@ -94,8 +96,8 @@ impl Writer {
                     // Broken before anyone hears of it, so that their next call fails fast.
                     *lock(&self.shared.slot) = Slot::Broken(reason.clone());
                     health.failed(started, &reason);
-                    for done in waiters {
-                        done(Err(super::unavailable(&reason)));
+                    for done in waiters.drain(..) {
+                        done.finish(Err(super::unavailable(&reason)));
                     }
                     match self.reopen(db, reason) {
                         Some(reopened) => db = reopened,
@@ -105,8 +107,8 @@ impl Writer {
                 Err(error) => {
                     health.count_error();
                     let error = error.to_string();
-                    for done in waiters {
-                        done(Err(StoreError::Embedded(error.clone())));
+                    for done in waiters.drain(..) {
+                        done.finish(Err(StoreError::Embedded(error.clone())));
                     }
                 }
             }
@@ -167,7 +169,7 @@ impl Writer {
                 match self.queue.try_recv() {
                     Ok(request) => {
                         self.shared.health.count_error();
-                        (request.done)(Err(super::unavailable(reason)));
+                        request.done.finish(Err(super::unavailable(reason)));
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return None,
@@ -203,15 +205,23 @@ fn next_delay(delay: Duration) -> Duration {
     delay.saturating_mul(2).min(REOPEN_MAX)
 }
 
-/// Runs every job in one transaction; any failure aborts them all.
-fn commit(db: &Database, jobs: Vec<Job>, durable: bool) -> Result<(), redb::Error> {
+/// Applies every change in one transaction, in the order queued; any failure aborts them
+/// all. (A failed commit leaves `changes` drained all the same.)
+fn commit(
+    db: &Database,
+    changes: impl Iterator<Item = Change>,
+    durable: bool,
+) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     if !durable {
         txn.set_durability(Durability::None)
             .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     }
-    for job in jobs {
-        job(&txn)?;
+    {
+        let mut tables = Tables::new(&txn);
+        for change in changes {
+            tables.apply(change)?;
+        }
     }
     txn.commit()?;
     Ok(())
