@@ -258,7 +258,10 @@ impl Envelope {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         Ok(BasicProperties::default()
-            .with_message_id(short(uuid_text(&self.event_id, &mut Uuid::encode_buffer()))?)
+            .with_message_id(short(uuid_text(
+                &self.event_id,
+                &mut Uuid::encode_buffer(),
+            ))?)
             .with_correlation_id(short(&self.correlation_id)?)
             .with_type(short(&self.event_type)?)
             .with_app_id(short(&self.source)?)

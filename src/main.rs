@@ -19,9 +19,10 @@ use causeway::{
     telemetry,
 };
 
-/// mimalloc rather than the C library's allocator: a publish makes a few dozen short-lived
-/// allocations across threads, and glibc's malloc spent a quarter of the instructions of
-/// one on them (see docs/performance.md, "Publish CPU").
+/// With the `mimalloc` feature, mimalloc rather than the C library's allocator: glibc's
+/// malloc takes about a fifth of a publish's instructions, mimalloc a fifth of that, for a
+/// larger peak resident memory (see docs/performance.md, "Publish CPU").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -385,8 +385,7 @@ pub(super) fn trace_context(headers: &HeaderMap) -> TraceContext {
     if trace.traceparent.is_some() || !headers.contains_key(&CE_TRACEPARENT) {
         return trace;
     }
-    let decoded =
-        |name: &HeaderName| headers.get(name).and_then(|v| decode_header(v.as_bytes()));
+    let decoded = |name: &HeaderName| headers.get(name).and_then(|v| decode_header(v.as_bytes()));
     let (traceparent, tracestate) = (decoded(&CE_TRACEPARENT), decoded(&CE_TRACESTATE));
     TraceContext::from_untrusted(
         traceparent.as_deref().map(str::as_bytes),

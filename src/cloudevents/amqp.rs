@@ -294,7 +294,10 @@ mod tests {
             "traceparent",
             "tracestate",
         ] {
-            assert_eq!(header_name(attribute), Some(&*format!("{PREFIX}{attribute}")));
+            assert_eq!(
+                header_name(attribute),
+                Some(&*format!("{PREFIX}{attribute}"))
+            );
         }
         assert_eq!(header_name("tenant"), None);
     }

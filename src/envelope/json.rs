@@ -108,7 +108,11 @@ mod tests {
     use crate::envelope::{CloudEventAttributes, ExtensionValue};
 
     fn text() -> impl Strategy<Value = String> {
-        prop_oneof!["[ -~]{0,40}", any::<String>(), Just("a\"b\\c\n\u{1}é".to_owned())]
+        prop_oneof![
+            "[ -~]{0,40}",
+            any::<String>(),
+            Just("a\"b\\c\n\u{1}é".to_owned())
+        ]
     }
 
     proptest! {

@@ -647,7 +647,11 @@ mod tests {
         for _ in 0..3 {
             metrics.publish("Type0", "accepted", Duration::from_millis(1));
             metrics.publish("Type0", "timeout", Duration::from_millis(1));
-            metrics.publish(&format!("Type{MAX_EVENT_TYPES}"), "accepted", Duration::ZERO);
+            metrics.publish(
+                &format!("Type{MAX_EVENT_TYPES}"),
+                "accepted",
+                Duration::ZERO,
+            );
         }
         metrics.publish("Type0", "throttled", Duration::ZERO);
         let in_flight = [metrics.in_flight("publish"), metrics.in_flight("publish")];
@@ -663,6 +667,10 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         drop(in_flight);
-        assert!(metrics.encode().contains("causeway_in_flight{kind=\"publish\"} 0"));
+        assert!(
+            metrics
+                .encode()
+                .contains("causeway_in_flight{kind=\"publish\"} 0")
+        );
     }
 }
