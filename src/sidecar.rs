@@ -234,9 +234,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Side
 
     // A listener that fails is a critical fault: drain what we can and exit non-zero.
     let mut failure = None;
+    // The API listener also stops on `shutdown`: only an end before it is a fault.
     tokio::select! {
+        biased;
         _ = shutdown.cancelled() => {}
-        _ = &mut api_task => failure = Some(SidecarError::Serve { name: "api" }),
+        _ = &mut api_task => if !shutdown.is_cancelled() {
+            failure = Some(SidecarError::Serve { name: "api" });
+        },
     }
     health.start_draining();
     shutdown.cancel();

@@ -170,7 +170,8 @@ async fn a_flow_across_three_sidecars_is_one_trace() {
         sidecar.terminate();
     }
     for sidecar in [&mut a, &mut b, &mut c] {
-        assert!(sidecar.wait_exit(ARRIVES).await.success());
+        let status = sidecar.wait_exit(ARRIVES).await;
+        assert!(status.success(), "{status:?}: {:#?}", sidecar.logs());
     }
     let spans = spans.lock().unwrap().clone();
     let event_a = placed.body["event_id"].as_str().unwrap();
