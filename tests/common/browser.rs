@@ -39,42 +39,17 @@ pub struct WebDriverError {
 impl Browser {
     /// Starts `chromedriver` and a browser session.
     pub async fn start() -> Browser {
-        let mut driver = Command::new("chromedriver")
-            .args(["--port=0", "--log-level=WARNING"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("chromedriver starts (scripts/test installs chromium and chromium-driver)");
-        let driver_logs = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (port_sender, port_receiver) = std::sync::mpsc::channel();
-        let stdout = driver.stdout.take().unwrap();
-        let stderr = driver.stderr.take().unwrap();
-        for stream in [
-            Box::new(stdout) as Box<dyn std::io::Read + Send>,
-            Box::new(stderr),
-        ] {
-            let logs = driver_logs.clone();
-            let port_sender = port_sender.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    // "ChromeDriver was started successfully on port 36827."
-                    if let Some(rest) = line.split("successfully on port ").nth(1) {
-                        let port = rest.trim_end_matches('.').trim().parse::<u16>();
-                        let _ = port_sender.send(port.unwrap());
-                    }
-                    logs.lock().unwrap().push(line);
-                }
-            });
-        }
-        let port = port_receiver
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                let _ = driver.kill();
-                panic!(
-                    "chromedriver did not say its port:\n{}",
-                    driver_logs.lock().unwrap().join("\n")
-                )
-            });
+        // With `--port=0` chromedriver picks a port itself, and on a busy machine the one it
+        // picks can be taken ("IPv4 port not available"): start it again then.
+        let mut attempts = 0;
+        let (driver, driver_logs, port) = loop {
+            attempts += 1;
+            match start_driver() {
+                Ok(started) => break started,
+                Err(logs) if attempts < 5 && logs.contains("port not available") => continue,
+                Err(logs) => panic!("chromedriver did not say its port:\n{logs}"),
+            }
+        };
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(COMMAND_TIMEOUT)
@@ -453,4 +428,48 @@ fn base64_decode(text: &str) -> Vec<u8> {
         bytes.extend_from_slice(&bits.to_be_bytes()[1..=whole]);
     }
     bytes
+}
+
+/// Starts `chromedriver` on a port of its choosing; gives back the process, its log lines and
+/// the port, or its log lines when it did not say its port within 20 s.
+fn start_driver() -> Result<(Child, Arc<Mutex<Vec<String>>>, u16), String> {
+    let mut driver = Command::new("chromedriver")
+        .args(["--port=0", "--log-level=WARNING"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromedriver starts (scripts/test installs chromium and chromium-driver)");
+    let driver_logs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (port_sender, port_receiver) = std::sync::mpsc::channel();
+    let stdout = driver.stdout.take().unwrap();
+    let stderr = driver.stderr.take().unwrap();
+    for stream in [
+        Box::new(stdout) as Box<dyn std::io::Read + Send>,
+        Box::new(stderr),
+    ] {
+        let logs = driver_logs.clone();
+        let port_sender = port_sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                // "ChromeDriver was started successfully on port 36827."
+                if let Some(rest) = line.split("successfully on port ").nth(1) {
+                    let port = rest.trim_end_matches('.').trim().parse::<u16>();
+                    let _ = port_sender.send(port.unwrap());
+                }
+                logs.lock().unwrap().push(line);
+            }
+            // The stream ended: the driver exited (or closed it), so stop waiting for a port.
+            drop(port_sender);
+        });
+    }
+    drop(port_sender);
+    match port_receiver.recv_timeout(Duration::from_secs(20)) {
+        Ok(port) => Ok((driver, driver_logs, port)),
+        Err(_) => {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            let logs = driver_logs.lock().unwrap().join("\n");
+            Err(logs)
+        }
+    }
 }
