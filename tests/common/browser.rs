@@ -430,16 +430,19 @@ fn base64_decode(text: &str) -> Vec<u8> {
     bytes
 }
 
+/// The lines chromedriver wrote, kept for error messages.
+type DriverLogs = Arc<Mutex<Vec<String>>>;
+
 /// Starts `chromedriver` on a port of its choosing; gives back the process, its log lines and
 /// the port, or its log lines when it did not say its port within 20 s.
-fn start_driver() -> Result<(Child, Arc<Mutex<Vec<String>>>, u16), String> {
+fn start_driver() -> Result<(Child, DriverLogs, u16), String> {
     let mut driver = Command::new("chromedriver")
         .args(["--port=0", "--log-level=WARNING"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("chromedriver starts (scripts/test installs chromium and chromium-driver)");
-    let driver_logs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let driver_logs = DriverLogs::default();
     let (port_sender, port_receiver) = std::sync::mpsc::channel();
     let stdout = driver.stdout.take().unwrap();
     let stderr = driver.stderr.take().unwrap();
